@@ -1,0 +1,1 @@
+"""snakepit-bridge: the Python side of snakepit-celery's Bridge protocol."""

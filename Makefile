@@ -7,7 +7,14 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-unit proto lint bench clean
+.PHONY: venv demo test test-unit proto lint bench clean bridges node-bridge ruby-bridge ruby-proto browser
+
+# The Node.js and Ruby bridges: npm packages from the lock file, Debian's Ruby gRPC.
+NODE_DIR   := bridges/node
+NODE_STAMP := $(NODE_DIR)/node_modules/.snakepit-installed
+RUBY_PKGS  := ruby ruby-grpc ruby-grpc-tools ruby-google-protobuf
+RUBY_GEN   := bridges/ruby/lib/snakepit_bridge/proto
+SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(STAMP): pyproject.toml bridges/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,21 +22,48 @@ $(STAMP): pyproject.toml bridges/python/pyproject.toml
 	$(PY) -m pip install --quiet -e bridges/python -e '.[test,flower,embedded,metrics]'
 	touch $(STAMP)
 
-venv: $(STAMP)
+venv: $(STAMP) bridges
+
+## make bridges: what the Node.js and Ruby bridges need (quick when already there).
+bridges: node-bridge ruby-bridge
+
+node-bridge: $(NODE_STAMP)
+
+$(NODE_STAMP): $(NODE_DIR)/package.json $(NODE_DIR)/package-lock.json
+	cd $(NODE_DIR) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(NODE_STAMP)
+
+ruby-bridge:
+	@missing=""; for pkg in $(RUBY_PKGS); do \
+		dpkg-query -W -f='$${Status}' $$pkg 2>/dev/null | grep -q 'ok installed' || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+	fi
+
+## make browser: Debian's chromium, for the progress page's browser test (quick when there).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing Debian's chromium"; \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
+## make ruby-proto: regenerate the Ruby gRPC code (committed; a contract test checks it is fresh).
+ruby-proto: ruby-bridge
+	grpc_tools_ruby_protoc -I protos --ruby_out=$(RUBY_GEN) --grpc_out=$(RUBY_GEN) snakepit/bridge/v1/bridge.proto
 
 ## make demo: start an embedded Redis and a worker, run the showcase, stop it all.
-demo: venv
+demo: $(STAMP)
 	$(VENV)/bin/snakepit-celery demo
 
 ## make test: everything the tests need, then the whole suite.
-test: venv
+test: venv browser
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 ## make proto: regenerate the gRPC code (and its type stubs) from protos/.
-proto: venv
+proto: venv ruby-proto
 	$(PY) scripts/gen_proto.py
 
 lint: venv
@@ -42,4 +76,4 @@ bench: venv
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) build *.egg-info bridges/python/*.egg-info
+	rm -rf $(VENV) build *.egg-info bridges/python/*.egg-info $(NODE_DIR)/node_modules

@@ -1,0 +1,184 @@
+"""One bridge: its process, its gRPC channel and stub, its life until reaped.
+
+A bridge is launched (spawned from a :class:`LaunchSpec`, or forked by a
+zygote), waited for until the stock ``grpc.health.v1`` service says SERVING,
+and from then on called through one channel and one set of stub callables
+that live as long as the process. The pool decides when a bridge is killed;
+this module only knows how.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2
+from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
+
+from snakepit_celery.adapters.base import LaunchSpec
+from snakepit_celery.errors import BridgeStartError
+from snakepit_celery.process import ProcessHandle, SpawnedProcess, describe_status
+from snakepit_celery.rpc import channel_options
+
+__all__ = ["Bridge", "spawn_process"]
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_SERVING = health_pb2.HealthCheckResponse.SERVING
+#: Seconds between looks for the bridge's socket file while it starts.
+_SOCKET_POLL = 0.004
+
+
+def spawn_process(spec: LaunchSpec) -> SpawnedProcess:
+    """Start a bridge process from its launch spec.
+
+    The bridge gets its own session, so a Ctrl-C meant for the worker's
+    terminal does not kill bridges behind the pool's back; it still dies with
+    the worker because it watches the worker's pid (``--parent-pid``).
+
+    Raises:
+        BridgeStartError: the executable cannot be run.
+    """
+    try:
+        popen = subprocess.Popen(
+            spec.argv,
+            env=spec.env,
+            cwd=spec.cwd,
+            stdin=subprocess.DEVNULL,
+            close_fds=True,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        raise BridgeStartError(f"cannot run bridge {spec.argv[0]!r}: {exc}") from None
+    return SpawnedProcess(popen)
+
+
+class Bridge:
+    """A running bridge process and its channel.
+
+    Attributes other than the callables are read under the pool's lock; the
+    callables themselves are thread-safe gRPC multi-callables.
+    """
+
+    def __init__(self, process: ProcessHandle, *, socket_path: str, max_message_bytes: int) -> None:
+        #: The process handle (spawned or forked).
+        self.process = process
+        #: Its pid, for stats and logs.
+        self.pid = process.pid
+        #: The Unix socket it serves on.
+        self.socket_path = socket_path
+        self.max_message_bytes = max_message_bytes
+        #: ``time.monotonic()`` at launch and when it reported SERVING.
+        self.launched_at = time.monotonic()
+        self.serving_at: float | None = None
+        #: Calls this bridge has run.
+        self.requests = 0
+        #: Sessions initialised on this very process (InitSession was run).
+        self.sessions: set[str] = set()
+        #: Why it ended, once it has ended.
+        self.exit_reason: str | None = None
+        self.exited = False
+        #: The pool slot it serves (set by the pool).
+        self.slot: Any = None
+        self._channel: grpc.Channel | None = None
+        self.execute_call: Any = None
+        self.stream_call: Any = None
+        self.init_session_call: Any = None
+        self.end_session_call: Any = None
+        self.describe_call: Any = None
+
+    def __repr__(self) -> str:
+        return f"<Bridge pid={self.pid} {self.socket_path}>"
+
+    # -- start ---------------------------------------------------------------
+
+    def _fail(self, why: str) -> BridgeStartError:
+        return BridgeStartError(f"bridge pid {self.pid} on {self.socket_path} {why}")
+
+    def wait_serving(self, deadline: float) -> float:
+        """Block until the health service says SERVING; returns the start-up time.
+
+        Raises:
+            BridgeStartError: the process exited, or ``deadline`` (monotonic) passed.
+        """
+        while not os.path.exists(self.socket_path):
+            if self.process.has_exited(_SOCKET_POLL):
+                raise self._fail(f"exited before serving ({describe_status(self.process.reap())})")
+            if time.monotonic() > deadline:
+                raise self._fail("did not create its socket in time")
+        channel = grpc.insecure_channel(
+            f"unix:{self.socket_path}", options=channel_options(self.max_message_bytes)
+        )
+        self._channel = channel
+        health = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        request = health_pb2.HealthCheckRequest(service="")
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise self._fail("did not report SERVING in time")
+            try:
+                reply = health(request, timeout=min(remaining, 1.0), wait_for_ready=True)
+                if reply.status == _SERVING:
+                    break
+            except grpc.RpcError:
+                pass
+            if self.process.has_exited(0.005):
+                raise self._fail(f"exited before serving ({describe_status(self.process.reap())})")
+        stub = bridge_pb2_grpc.BridgeStub(channel)
+        self.execute_call = stub.Execute
+        self.stream_call = stub.ExecuteStream
+        self.init_session_call = stub.InitSession
+        self.end_session_call = stub.EndSession
+        self.describe_call = stub.Describe
+        self.serving_at = time.monotonic()
+        return self.serving_at - self.launched_at
+
+    # -- calls ---------------------------------------------------------------
+
+    def init_session(self, session_id: str, data: bridge_pb2.Payload, timeout: float | None) -> None:
+        self.init_session_call(
+            bridge_pb2.InitSessionRequest(session_id=session_id, data=data), timeout=timeout
+        )
+        self.sessions.add(session_id)
+
+    def end_session(self, session_id: str, timeout: float | None) -> bool:
+        reply = self.end_session_call(bridge_pb2.EndSessionRequest(session_id=session_id), timeout=timeout)
+        self.sessions.discard(session_id)
+        return bool(reply.existed)
+
+    def open_stream(self, request: bridge_pb2.ExecuteRequest, timeout: float | None) -> Iterator[Any]:
+        return self.stream_call(request, timeout=timeout)  # type: ignore[no-any-return]
+
+    # -- process -------------------------------------------------------------
+
+    def rss_bytes(self) -> int | None:
+        """Resident memory of the process, or None when it is gone."""
+        try:
+            with open(f"/proc/{self.pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * _PAGE_SIZE
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def uptime(self) -> float:
+        return time.monotonic() - (self.serving_at or self.launched_at)
+
+    def kill(self) -> None:
+        """SIGKILL; a process already gone is fine."""
+        self.process.kill()
+
+    def terminate(self) -> None:
+        """SIGTERM; a process already gone is fine."""
+        self.process.terminate()
+
+    def close_channel(self) -> None:
+        """Drop the channel (idempotent); in-flight calls on it fail at once."""
+        channel, self._channel = self._channel, None
+        if channel is not None:
+            channel.close()

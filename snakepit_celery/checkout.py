@@ -1,0 +1,159 @@
+"""Borrowing a bridge: a FIFO hand-off queue with exact limits.
+
+A free slot goes straight to the oldest waiter that can take it (any slot,
+or the one its session is pinned to); only when no waiter can take it does
+it join the idle list. So an idle slot never coexists with a waiter that
+could use it, the fast path is one lock and one ``popleft``, and nobody
+polls. The limits are exact because both decisions happen under the lock:
+a caller that finds ``max_queue`` callers already waiting is refused at
+once (``PoolSaturated``), and a waiter whose queue timeout passes removes
+itself before any slot can be handed to it, so it never runs later
+(``QueueTimeout``). A waiter that was handed a slot just as its time ran
+out keeps the slot: it was served in time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING
+
+from snakepit_celery.errors import InfrastructureError, PoolSaturated, QueueTimeout
+
+if TYPE_CHECKING:
+    from snakepit_celery.bridge import Bridge
+
+__all__ = ["Slot", "SlotQueue"]
+
+
+class Slot:
+    """One place in a pool: the bridge it runs now, and the sessions pinned to it.
+
+    All fields are guarded by the pool's lock.
+    """
+
+    __slots__ = ("bridge", "gen", "index", "recycle", "sessions", "state")
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        #: Bumped at every replacement; a start of an older generation is void.
+        self.gen = 0
+        self.bridge: Bridge | None = None
+        #: "starting", "idle", "busy" or "closed".
+        self.state = "starting"
+        self.sessions: set[str] = set()
+        #: Replace the bridge when its current call ends.
+        self.recycle = False
+
+    def __repr__(self) -> str:
+        pid = self.bridge.pid if self.bridge else None
+        return f"<Slot {self.index} {self.state} pid={pid}>"
+
+
+class _Waiter:
+    __slots__ = ("cond", "error", "slot", "wanted")
+
+    def __init__(self, wanted: Slot | None, lock: threading.Lock) -> None:
+        self.wanted = wanted
+        self.slot: Slot | None = None
+        self.error: InfrastructureError | None = None
+        self.cond = threading.Condition(lock)
+
+
+class SlotQueue:
+    """Idle slots and waiting callers of one pool, guarded by the pool's lock."""
+
+    def __init__(self, lock: threading.Lock, *, pool: str, max_queue: int, queue_timeout: float) -> None:
+        self.lock = lock
+        self.pool = pool
+        self.max_queue = max_queue
+        self.queue_timeout = queue_timeout
+        self.idle: deque[Slot] = deque()
+        self.waiters: deque[_Waiter] = deque()
+        #: Set when new callers are refused (draining or closed).
+        self.refusing: InfrastructureError | None = None
+        #: Calls refused because the queue was full.
+        self.pool_saturated = 0
+        #: Calls that waited past the queue timeout.
+        self.queue_timeouts = 0
+
+    def acquire(self, wanted: Slot | None = None) -> tuple[Slot, float]:
+        """Borrow a slot (``wanted``, or any); returns it and the seconds waited.
+
+        Raises:
+            PoolSaturated: ``max_queue`` callers are already waiting.
+            QueueTimeout: no slot came free within the queue timeout.
+            InfrastructureError: the pool closed (``PoolClosed``) meanwhile.
+        """
+        with self.lock:
+            if self.refusing is not None:
+                raise self.refusing
+            if wanted is None:
+                if self.idle:
+                    slot = self.idle.popleft()
+                    slot.state = "busy"
+                    return slot, 0.0
+            elif wanted.state == "idle":
+                self.idle.remove(wanted)
+                wanted.state = "busy"
+                return wanted, 0.0
+            if self.max_queue and len(self.waiters) >= self.max_queue:
+                self.pool_saturated += 1
+                raise PoolSaturated(
+                    f"pool {self.pool!r}: {len(self.waiters)} calls already wait for a bridge "
+                    f"(max_queue={self.max_queue})"
+                )
+            waiter = _Waiter(wanted, self.lock)
+            self.waiters.append(waiter)
+            start = time.monotonic()
+            deadline = start + self.queue_timeout if self.queue_timeout else None
+            while waiter.slot is None:
+                if waiter.error is not None:
+                    raise waiter.error
+                if deadline is None:
+                    waiter.cond.wait()
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    self.waiters.remove(waiter)
+                    self.queue_timeouts += 1
+                    raise QueueTimeout(
+                        f"pool {self.pool!r}: no bridge came free within "
+                        f"{self.queue_timeout}s (queue_timeout)"
+                    )
+                waiter.cond.wait(remaining)
+            return waiter.slot, time.monotonic() - start
+
+    def offer(self, slot: Slot) -> None:
+        """Hand a ready slot to the oldest waiter that can take it, else make it idle.
+
+        The caller holds the lock.
+        """
+        for i, waiter in enumerate(self.waiters):
+            if waiter.wanted is None or waiter.wanted is slot:
+                del self.waiters[i]
+                slot.state = "busy"
+                waiter.slot = slot
+                waiter.cond.notify()
+                return
+        slot.state = "idle"
+        self.idle.append(slot)
+
+    def discard_idle(self, slot: Slot) -> None:
+        """Take an idle slot out of the idle list (its bridge is going away). Lock held."""
+        if slot.state == "idle":
+            self.idle.remove(slot)
+
+    def refuse(self, error: InfrastructureError) -> None:
+        """Refuse new callers with ``error``; those already waiting keep their place. Lock held."""
+        self.refusing = error
+
+    def close(self, error: InfrastructureError) -> None:
+        """Refuse new callers and wake every waiter with ``error``. Lock held."""
+        self.refusing = error
+        for waiter in self.waiters:
+            waiter.error = error
+            waiter.cond.notify()
+        self.waiters.clear()
+        self.idle.clear()

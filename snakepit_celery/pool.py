@@ -1,0 +1,393 @@
+"""BridgePool: borrow a warm bridge for one call, with every failure accounted for.
+
+The call path is kept lean on purpose (the pool must add little to a raw
+gRPC call): encode, one lock to borrow a slot, the call on the bridge's
+long-lived stub, one lock to give it back, decode. Everything else happens
+off that path: the supervisor thread replaces dead bridges, start threads
+bring new ones up, and recycling (``max_requests``, ``max_memory_mb``) is
+decided when a call gives its slot back, so queued calls simply wait for
+the replacement instead of failing.
+
+Example::
+
+    pool = BridgePool(PoolConfig(size=4), run_dir=Path("/run/x"), run_id="r1")
+    pool.start()
+    pool.execute("compute", {"operation": "add", "a": 5, "b": 3})  # {"result": 8, ...}
+    pool.close()
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from snakepit_bridge._proto import bridge_pb2
+
+from snakepit_celery.bridge import Bridge
+from snakepit_celery.bridge_stream import BridgeStream
+from snakepit_celery.checkout import Slot
+from snakepit_celery.config import PoolConfig
+from snakepit_celery.errors import (
+    BridgeCrashed,
+    BridgeStartError,
+    CommandCancelled,
+    CommandTimeout,
+    InfrastructureError,
+    PoolClosed,
+    PoolSaturated,
+    QueueTimeout,
+    SnakepitError,
+)
+from snakepit_celery.lifecycle import PoolLifecycle
+from snakepit_celery.rpc import decode_payload, encode_payload, map_rpc_error
+from snakepit_celery.telemetry import Telemetry
+
+__all__ = ["BridgePool"]
+
+#: Seconds a failed call waits to see the bridge's exit before calling it a crash.
+_CRASH_CONFIRM = 0.5
+_MIB = 1024 * 1024
+_OUTCOME = {
+    BridgeCrashed: "crashed",
+    CommandTimeout: "timeout",
+    QueueTimeout: "queue_timeout",
+    PoolSaturated: "saturated",
+    CommandCancelled: "cancelled",
+}
+
+
+class BridgePool(PoolLifecycle):
+    """A named pool of bridge processes of one adapter; thread-safe."""
+
+    def __init__(
+        self,
+        config: PoolConfig,
+        *,
+        run_dir: Path,
+        run_id: str,
+        telemetry: Telemetry | None = None,
+        session_loader: Callable[[str], dict[str, Any] | None] | None = None,
+    ) -> None:
+        super().__init__(config, run_dir=run_dir, run_id=run_id, telemetry=telemetry)
+        self._session_loader = session_loader
+        self._sessions: dict[str, Slot] = {}
+        self._payload_limit = config.max_payload_bytes
+        self._max_requests = config.max_requests
+        self._max_rss = config.max_memory_mb * _MIB
+        self._requests = 0
+        self._errors = 0
+        self._draining = False
+
+    # -- borrowing -------------------------------------------------------------
+
+    def _checkout(self, session_id: str | None) -> Slot:
+        wanted = None
+        if session_id is not None:
+            with self._lock:
+                wanted = self._sessions.get(session_id)
+                if wanted is None:
+                    wanted = min(self._slots, key=lambda s: len(s.sessions))
+                    wanted.sessions.add(session_id)
+                    self._sessions[session_id] = wanted
+        slot, waited = self._queue.acquire(wanted)
+        if waited:
+            self.telemetry.queue_wait(pool=self.name, wait=waited)
+        return slot
+
+    def _release(
+        self, slot: Slot, bridge: Bridge, *, failed: bool = False, broken: str | None = None
+    ) -> None:
+        """Give a slot back after a call; recycle or replace its bridge when due."""
+        bridge.requests += 1
+        reason = broken
+        if reason is None:
+            if self._max_requests and bridge.requests >= self._max_requests:
+                reason = f"recycled after {bridge.requests} requests (max_requests)"
+            elif self._max_rss:
+                rss = bridge.rss_bytes()
+                if rss is not None and rss > self._max_rss:
+                    reason = f"recycled at {rss // _MIB} MiB (max_memory_mb={self.config.max_memory_mb})"
+        with self._lock:
+            self._requests += 1
+            if failed:
+                self._errors += 1
+            if self._closed:
+                pass
+            elif reason is not None or slot.recycle or bridge.exited:
+                why = reason or ("restart requested" if slot.recycle else bridge.exit_reason or "exited")
+                self._replace_locked(slot, bridge, why, kill=broken is not None)
+            else:
+                self._queue.offer(slot)
+            if self._draining:
+                self._changed.notify_all()
+
+    def _init_session(self, bridge: Bridge, session_id: str, timeout: float | None) -> None:
+        data = self._session_loader(session_id) if self._session_loader else None
+        payload = encode_payload(data, limit=self._payload_limit, what="session data") if data else None
+        bridge.init_session(session_id, payload or bridge_pb2.Payload(), timeout)
+
+    def _rpc_failed(
+        self,
+        slot: Slot,
+        bridge: Bridge,
+        exc: grpc.RpcError,
+        command: str,
+        hard: float,
+        *,
+        cancelled: bool = False,
+    ) -> SnakepitError:
+        """Turn a failed call into the error to raise, giving the slot back (or replacing it)."""
+        mapped = map_rpc_error(exc, command=command, limit=self._payload_limit)
+        if mapped is not None:
+            self._release(slot, bridge, failed=True)
+            return mapped
+        code = exc.code() if hasattr(exc, "code") else None
+        if cancelled and code == grpc.StatusCode.CANCELLED:
+            self._release(slot, bridge)
+            return CommandCancelled(f"{command!r} was cancelled by the caller")
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED and hard:
+            bridge.exit_reason = f"killed: {command!r} ran past its hard timeout of {hard}s"
+            bridge.kill()
+            self._release(slot, bridge, failed=True, broken=bridge.exit_reason)
+            return CommandTimeout(
+                f"{command!r} ran past its hard timeout of {hard}s; bridge pid {bridge.pid} was killed "
+                "and is being replaced"
+            )
+        died = bridge.exited or bridge.process.has_exited(_CRASH_CONFIRM)
+        if not died:
+            bridge.exit_reason = f"killed: its connection failed during {command!r}"
+        bridge.kill()
+        self._release(slot, bridge, failed=True, broken="crashed")
+        if self._closed:
+            return PoolClosed(f"pool {self.name!r} closed while {command!r} was running")
+        details = exc.details() if hasattr(exc, "details") else str(exc)
+        return BridgeCrashed(
+            f"pool {self.name!r}: bridge pid {bridge.pid} {'died' if died else 'stopped answering'} "
+            f"during {command!r} ({code.name if code else 'error'}: {details}); it is being replaced"
+        )
+
+    def _finished(
+        self, command: str, started: float, outcome: str, session_id: str | None, request_id: str | None
+    ) -> None:
+        self.telemetry.request_finished(
+            pool=self.name,
+            command=command,
+            duration=time.monotonic() - started,
+            outcome=outcome,
+            session_id=session_id,
+            request_id=request_id,
+        )
+
+    # -- calls -----------------------------------------------------------------
+
+    def execute(
+        self,
+        command: str,
+        args: Any = None,
+        *,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        request_id: str | None = None,
+        idempotent: bool = False,
+    ) -> Any:
+        """Run ``command`` on a free bridge (or the session's) and return its result.
+
+        Args:
+            command: the command name.
+            args: its arguments (a JSON-able object; bytes allowed).
+            timeout: hard limit in seconds; else ``command_timeouts``, else the pool's.
+            session_id: pin the call to the session's bridge (InitSession first on a new one).
+            request_id: the caller's id (a Celery task id), for the bridge's logs.
+            idempotent: a call whose bridge crashed is run once more on a fresh bridge.
+
+        Raises:
+            PoolSaturated, QueueTimeout, PoolClosed: no bridge was borrowed; never ran.
+            BridgeCrashed: the bridge died during the call (it is being replaced).
+            CommandTimeout: past the hard timeout; the bridge was killed and replaced.
+            CommandError, UnknownCommand, InvalidArguments, PayloadTooLarge: see errors.
+        """
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            hard = self.config.hard_timeout(command, timeout)
+            request = bridge_pb2.ExecuteRequest(
+                command=command,
+                args=encode_payload(args, limit=self._payload_limit),
+                session_id=session_id or "",
+                timeout=hard,
+                request_id=request_id or "",
+            )
+            retry = idempotent
+            while True:
+                slot = self._checkout(session_id)
+                bridge: Bridge = slot.bridge  # type: ignore[assignment]
+                try:
+                    if session_id is not None and session_id not in bridge.sessions:
+                        self._init_session(bridge, session_id, hard or None)
+                    reply = bridge.execute_call(request, timeout=hard or None)
+                except grpc.RpcError as exc:
+                    error = self._rpc_failed(slot, bridge, exc, command, hard)
+                    if retry and type(error) is BridgeCrashed:
+                        retry = False
+                        continue
+                    raise error from None
+                except BaseException:
+                    self._release(slot, bridge, failed=True)
+                    raise
+                self._release(slot, bridge)
+                result = decode_payload(reply.result)
+                outcome = "ok"
+                return result
+        except SnakepitError as exc:
+            outcome = _OUTCOME.get(type(exc), "error")
+            raise
+        finally:
+            self._finished(command, started, outcome, session_id, request_id)
+
+    def stream(
+        self,
+        command: str,
+        args: Any = None,
+        *,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        request_id: str | None = None,
+    ) -> BridgeStream:
+        """Start a stream command; iterate the result for lists of chunks.
+
+        The bridge stays borrowed until the stream is closed (use ``with``).
+        Errors are raised from the iteration as in :meth:`execute`.
+        """
+        hard = self.config.hard_timeout(command, timeout)
+        request = bridge_pb2.ExecuteRequest(
+            command=command,
+            args=encode_payload(args, limit=self._payload_limit),
+            session_id=session_id or "",
+            timeout=hard,
+            request_id=request_id or "",
+        )
+        started = time.monotonic()
+        try:
+            slot = self._checkout(session_id)
+        except SnakepitError as exc:
+            self._finished(command, started, _OUTCOME.get(type(exc), "error"), session_id, request_id)
+            raise
+        return BridgeStream(self, slot, request, hard=hard, started=started)
+
+    # -- sessions --------------------------------------------------------------
+
+    def end_session(self, session_id: str) -> bool:
+        """End a session on its bridge and unbind it; False when the pool did not know it."""
+        with self._lock:
+            if session_id not in self._sessions:
+                return False
+        slot = self._checkout(session_id)
+        bridge: Bridge = slot.bridge  # type: ignore[assignment]
+        try:
+            if session_id in bridge.sessions:
+                bridge.end_session(session_id, self.config.startup_timeout)
+        except grpc.RpcError as exc:
+            raise self._rpc_failed(slot, bridge, exc, "EndSession", 0.0) from None
+        except BaseException:
+            self._release(slot, bridge, failed=True)
+            raise
+        else:
+            self._release(slot, bridge)
+        finally:
+            with self._lock:
+                self._sessions.pop(session_id, None)
+                slot.sessions.discard(session_id)
+        return True
+
+    def sessions(self) -> dict[str, int]:
+        """Session id -> pid of the bridge it is pinned to (0 while that one restarts)."""
+        with self._lock:
+            return {sid: (slot.bridge.pid if slot.bridge else 0) for sid, slot in self._sessions.items()}
+
+    # -- operations ------------------------------------------------------------
+
+    def restart_bridge(self, pid: int | None = None) -> list[int]:
+        """Replace one bridge (by pid) or all, each once its current call ends; the new pids.
+
+        Raises:
+            InfrastructureError: no bridge of this pool has that pid.
+            BridgeStartError: a replacement did not come up within the start-up timeout.
+        """
+        with self._lock:
+            targets = (
+                self._slots if pid is None else [s for s in self._slots if s.bridge and s.bridge.pid == pid]
+            )
+            if not targets:
+                pids = sorted(s.bridge.pid for s in self._slots if s.bridge)
+                raise InfrastructureError(f"pool {self.name!r} has no bridge with pid {pid}; it has {pids}")
+            marks: list[tuple[Slot, int]] = []
+            for slot in targets:
+                marks.append((slot, slot.gen if slot.state != "starting" else slot.gen - 1))
+                if slot.state == "idle":
+                    self._queue.discard_idle(slot)
+                    self._replace_locked(slot, slot.bridge, "restart requested", kill=False)
+                elif slot.state == "busy":
+                    slot.recycle = True
+            deadline = time.monotonic() + self.config.startup_timeout + self.config.shutdown_grace
+            while not all(s.gen > g and s.bridge is not None for s, g in marks):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0 or self._closed:
+                    raise BridgeStartError(f"pool {self.name!r}: restarted bridges did not come up in time")
+                self._changed.wait(remaining)
+            return [s.bridge.pid for s, _ in marks if s.bridge is not None]
+
+    def stats(self) -> dict[str, Any]:
+        """Counters and per-bridge figures (see the module docs of ``snakepit_celery``)."""
+        with self._lock:
+            rows = [(slot, slot.bridge) for slot in self._slots]
+            busy = sum(1 for slot in self._slots if slot.state == "busy")
+            stats: dict[str, Any] = {
+                "name": self.name,
+                "language": self.language,
+                "size": self.config.size,
+                "workers": sum(1 for _, b in rows if b is not None and not b.exited),
+                "available": len(self._queue.idle),
+                "busy": busy,
+                "requests": self._requests,
+                "queued": len(self._queue.waiters),
+                "errors": self._errors,
+                "queue_timeouts": self._queue.queue_timeouts,
+                "pool_saturated": self._queue.pool_saturated,
+                "restarts": self._restarts,
+            }
+            states = [(slot.state, len(slot.sessions)) for slot, _ in rows]
+        stats["bridges"] = [
+            {
+                "pid": bridge.pid if bridge else None,
+                "state": state,
+                "requests": bridge.requests if bridge else 0,
+                "rss_bytes": bridge.rss_bytes() if bridge else None,
+                "sessions": sessions,
+                "uptime": round(bridge.uptime(), 3) if bridge else 0.0,
+            }
+            for (_, bridge), (state, sessions) in zip(rows, states, strict=True)
+        ]
+        return stats
+
+    def drain(self, timeout: float) -> bool:
+        """Refuse new calls (``PoolClosed``) and wait for running and queued ones; True if all ended."""
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            self._draining = True
+            self._queue.refuse(PoolClosed(f"pool {self.name!r} is draining"))
+            while any(s.state == "busy" for s in self._slots) or self._queue.waiters:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    def __enter__(self) -> BridgePool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

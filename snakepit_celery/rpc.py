@@ -1,0 +1,131 @@
+"""The client side of the Bridge protocol: channel options, requests, error mapping.
+
+One channel option set serves every bridge: a private Unix socket needs no
+proxy lookup, no retries (the pool decides what to retry) and its own
+subchannel (so one bridge's reconnect backoff never touches another's); the
+message limits follow ``max_payload_bytes`` so both sides refuse the same
+sizes. A remote failure arrives as a non-OK status with a serialized
+``ErrorDetail`` in the trailing metadata ``snakepit-error-bin``; it maps
+one-to-one onto the classes of :mod:`snakepit_celery.errors`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+from snakepit_bridge import wire
+from snakepit_bridge._proto import bridge_pb2
+
+from snakepit_celery.errors import (
+    CommandCancelled,
+    CommandError,
+    CommandTimeout,
+    ExecutionError,
+    InvalidArguments,
+    PayloadTooLarge,
+    SessionError,
+    UnknownCommand,
+)
+
+__all__ = [
+    "ERROR_METADATA_KEY",
+    "channel_options",
+    "decode_payload",
+    "encode_payload",
+    "map_rpc_error",
+]
+
+#: Trailing metadata key of the serialized ErrorDetail.
+ERROR_METADATA_KEY = "snakepit-error-bin"
+
+_Kind = bridge_pb2.ErrorDetail.Kind
+
+_BASE_OPTIONS: tuple[tuple[str, Any], ...] = (
+    ("grpc.enable_retries", 0),
+    ("grpc.enable_http_proxy", 0),
+    ("grpc.use_local_subchannel_pool", 1),
+    # A bridge's socket appears within milliseconds of its start: reconnect fast.
+    ("grpc.initial_reconnect_backoff_ms", 10),
+    ("grpc.min_reconnect_backoff_ms", 10),
+    ("grpc.max_reconnect_backoff_ms", 100),
+)
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
+    """The options of every channel to a bridge whose messages may be this large."""
+    return [
+        *_BASE_OPTIONS,
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+def encode_payload(value: Any, *, limit: int, what: str = "arguments") -> bridge_pb2.Payload:
+    """``value`` as a Payload, refusing what JSON cannot carry or what is too large.
+
+    Raises:
+        InvalidArguments: the value is not JSON-able (names the type).
+        PayloadTooLarge: the encoded size is over ``limit`` (names both).
+    """
+    try:
+        data, blobs = wire.encode(value)
+    except wire.WireError as exc:
+        raise InvalidArguments(f"{what}: {exc}") from None
+    size = len(data)
+    if blobs:
+        size += sum(len(b) for b in blobs)
+    if size > limit:
+        raise PayloadTooLarge(f"{what} are {size} bytes, over the limit of {limit} bytes (max_payload_bytes)")
+    return bridge_pb2.Payload(json=data, blobs=blobs)
+
+
+def decode_payload(payload: bridge_pb2.Payload, *, what: str = "result") -> Any:
+    """The value of a Payload a bridge sent; a broken one is a CommandError."""
+    try:
+        return wire.decode(payload.json, list(payload.blobs) if payload.blobs else None)
+    except wire.WireError as exc:
+        raise CommandError(f"the bridge sent a {what} that cannot be decoded: {exc}", "WireError") from None
+
+
+def _detail(exc: grpc.RpcError) -> bridge_pb2.ErrorDetail | None:
+    trailing = exc.trailing_metadata() if hasattr(exc, "trailing_metadata") else None
+    for key, value in trailing or ():
+        if key == ERROR_METADATA_KEY:
+            try:
+                return bridge_pb2.ErrorDetail.FromString(value)
+            except Exception:  # a garbled detail is reported as a plain command error
+                return bridge_pb2.ErrorDetail(message=f"undecodable error detail ({len(value)} bytes)")
+    return None
+
+
+def map_rpc_error(exc: grpc.RpcError, *, command: str, limit: int) -> ExecutionError | SessionError | None:
+    """The library error for a failed call, or None when the bridge itself failed.
+
+    None means no ErrorDetail and no status a healthy bridge sends: the caller
+    treats it as a crash (or a hard timeout on DEADLINE_EXCEEDED).
+    """
+    detail = _detail(exc)
+    if detail is None:
+        code = exc.code() if hasattr(exc, "code") else None
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return PayloadTooLarge(
+                f"{command!r}: a message was over the limit of {limit} bytes (max_payload_bytes): "
+                f"{exc.details() if hasattr(exc, 'details') else exc}"
+            )
+        return None
+    kind = detail.kind
+    message = detail.message
+    if detail.type == "PayloadTooLarge":  # arguments, result or chunk over the bridge's limit
+        return PayloadTooLarge(message)
+    if kind == _Kind.UNKNOWN_COMMAND:
+        return UnknownCommand(message)
+    if kind == _Kind.INVALID_ARGUMENTS:
+        return InvalidArguments(message)
+    if kind == _Kind.TIMEOUT:
+        return CommandTimeout(message)
+    if kind == _Kind.CANCELLED:
+        return CommandCancelled(message)
+    if kind == _Kind.SESSION_ERROR:
+        return SessionError(message)
+    return CommandError(message, detail.type, detail.traceback)

@@ -1,0 +1,185 @@
+"""PoolHost: the private run directory, kill -9 of the host, and the sweep of earlier runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import textwrap
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from snakepit_celery.config import SnakepitConfig
+from snakepit_celery.errors import PoolNotFound
+from snakepit_celery.host import OWNER_FILE, PoolHost, host_directory
+from snakepit_celery.runrecord import create_time, record_process
+from tests.handlers import REPO_ROOT, pid_alive, pool_config, wait_until
+
+
+@pytest.fixture
+def base() -> Iterator[Path]:
+    import shutil
+
+    path = Path(tempfile.mkdtemp(prefix="sph-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def config(base: Path, **pool_overrides: object) -> SnakepitConfig:
+    return SnakepitConfig(
+        pools=(
+            pool_config(name="main", size=2, **pool_overrides),
+            pool_config(name="other", size=1, start_method="preload"),
+        ),
+        run_dir=str(base),
+    )
+
+
+def test_host_runs_its_pools_in_a_private_run_dir(base: Path) -> None:
+    with PoolHost(config(base), host_key="celery@unit test") as host:
+        assert host.run_dir.parent == host_directory(host.config, "celery@unit test")
+        for path in (host.run_dir, host.host_dir):
+            assert stat.S_IMODE(path.stat().st_mode) == 0o700
+        sockets = sorted(p.name for p in host.run_dir.glob("*.sock"))
+        assert len(sockets) == 3 and all(s.startswith(("main.", "other.")) for s in sockets)
+        assert host.pool() is host.pools["main"] and host.pool("other").name == "other"
+        with pytest.raises(PoolNotFound) as caught:
+            host.pool("nope")
+        assert "'nope'" in str(caught.value) and "main, other" in str(caught.value)
+        host.pool().execute("ping")
+        host.pool("other").execute("ping")
+        stats = host.stats()
+        assert stats["size"] == 3 and stats["workers"] == 3 and stats["requests"] == 2
+        assert set(stats["pools"]) == {"main", "other"} and stats["run_id"] == host.run_id
+        assert host.drain(5.0) is True
+        run_dir = host.run_dir
+    assert not run_dir.exists()
+
+
+HOST_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    from snakepit_celery.config import SnakepitConfig
+    from snakepit_celery.host import PoolHost
+    from tests.handlers import pool_config
+
+    method, base = sys.argv[1], sys.argv[2]
+    host = PoolHost(
+        SnakepitConfig(pools=(pool_config(name="p", size=3, start_method=method),), run_dir=base),
+        host_key="killed-host",
+    )
+    host.start()
+    pids = [b["pid"] for b in host.pool().stats()["bridges"]]
+    zygote = host.pool()._zygote
+    print(json.dumps({"pids": pids, "zygote": zygote.pid if zygote else None,
+                      "run_dir": str(host.run_dir)}), flush=True)
+    sys.stdin.read()
+    """
+)
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "preload"])
+def test_kill_9_of_the_host_leaves_no_bridge_alive(base: Path, start_method: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    host = subprocess.Popen(
+        [sys.executable, "-c", HOST_SCRIPT, start_method, str(base)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert host.stdout is not None
+        line = host.stdout.readline()
+        assert line, "the host process did not start its pool"
+        started = json.loads(line)
+        pids: list[int] = started["pids"] + ([started["zygote"]] if started["zygote"] else [])
+        assert len(pids) == (4 if start_method == "preload" else 3)
+        assert all(pid_alive(pid) for pid in pids)
+        host.send_signal(signal.SIGKILL)
+        host.wait(5.0)
+        wait_until(lambda: not any(pid_alive(pid) for pid in pids), 5.0, "every bridge is gone")
+    finally:
+        if host.poll() is None:
+            host.kill()
+        host.wait()
+        for pipe in (host.stdin, host.stdout):
+            if pipe is not None:
+                pipe.close()
+    # A new run of the same host key removes what the killed one left.
+    left = Path(started["run_dir"])
+    assert left.exists()
+    with PoolHost(
+        SnakepitConfig(pools=(pool_config(name="p", size=1),), run_dir=str(base)), host_key="killed-host"
+    ) as again:
+        assert not left.exists() and again.swept == []
+
+
+def _sleeper(*args: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)", *args])
+
+
+def test_sweep_kills_an_earlier_runs_bridges_and_nothing_else(base: Path) -> None:
+    cfg = config(base)
+    host_dir = host_directory(cfg, "sweeper")
+    old_run = host_dir / "0ldrun000000"
+    old_run.mkdir(parents=True, mode=0o700)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (old_run / OWNER_FILE).write_text(
+        json.dumps({"pid": dead.pid, "create_time": 1.0, "run_id": "0ldrun000000"})
+    )
+    # A real bridge of the earlier run, still running (its "worker", this test process, lives on).
+    leftover = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "snakepit_bridge",
+            "--socket",
+            str(old_run / "b.sock"),
+            "--run-id",
+            "0ldrun000000",
+            "--parent-pid",
+            str(os.getpid()),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    # Decoys: a pid reused by another process (creation time differs) and a process
+    # with a matching record but without the run id on its command line.
+    reused = _sleeper("0ldrun000000")
+    stranger = _sleeper()
+    # A run whose owner is alive (another process with the same host key) is not touched.
+    live_run = host_dir / "liverun00000"
+    live_run.mkdir(mode=0o700)
+    me = os.getpid()
+    (live_run / OWNER_FILE).write_text(json.dumps({"pid": me, "create_time": create_time(me), "run_id": "x"}))
+    live_sleeper = _sleeper("liverun00000")
+    try:
+        wait_until(lambda: (old_run / "b.sock").exists(), 20.0, "the leftover bridge serves")
+        record_process(old_run, leftover.pid, run_id="0ldrun000000", kind="bridge")
+        record_process(old_run, stranger.pid, run_id="0ldrun000000", kind="bridge")
+        (old_run / "procs" / str(reused.pid)).write_text(
+            json.dumps(
+                {"pid": reused.pid, "create_time": 12345.0, "run_id": "0ldrun000000", "kind": "bridge"}
+            )
+        )
+        record_process(live_run, live_sleeper.pid, run_id="liverun00000", kind="bridge")
+
+        with PoolHost(cfg, host_key="sweeper") as host:
+            assert host.swept == [leftover.pid]
+            assert not pid_alive(leftover.pid)  # (the sweep already reaped it: it is our child here)
+            assert not old_run.exists() and live_run.exists()
+            assert reused.poll() is None and stranger.poll() is None and live_sleeper.poll() is None
+            assert host.pool().execute("ping")["status"] == "ok"
+    finally:
+        for proc in (leftover, reused, stranger, live_sleeper):
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+    assert psutil.Process().children() == []

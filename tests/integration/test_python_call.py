@@ -10,7 +10,9 @@ from snakepit_celery import InvalidArguments, python
 
 @pytest.fixture(scope="module")
 def worker(module_worker_factory: WorkerFactory) -> Worker:
-    return module_worker_factory({"python": {"size": 1, "allowed_modules": ["math", "fractions"]}}, name="pycall")
+    return module_worker_factory(
+        {"python": {"size": 1, "allowed_modules": ["math", "fractions"]}}, name="pycall"
+    )
 
 
 def test_call_an_allowed_function(worker: Worker) -> None:
@@ -19,7 +21,9 @@ def test_call_an_allowed_function(worker: Worker) -> None:
 
 
 def test_a_module_not_allowed_names_the_setting(worker: Worker) -> None:
-    with pytest.raises(InvalidArguments, match="module os is not allowed; add it to the pool's allowed_modules"):
+    with pytest.raises(
+        InvalidArguments, match="module os is not allowed; add it to the pool's allowed_modules"
+    ):
         python.call("os.getcwd", app=worker.app).get(timeout=10)
 
 

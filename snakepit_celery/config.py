@@ -20,8 +20,10 @@ from typing import Any
 from snakepit_celery.errors import ConfigurationError
 
 __all__ = [
+    "DEFAULT_CANCEL_GRACE",
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_MAX_QUEUE",
+    "DEFAULT_METRICS_ADDR",
     "DEFAULT_POOL_SIZE",
     "DEFAULT_QUEUE_PREFIX",
     "DEFAULT_QUEUE_TIMEOUT",
@@ -41,10 +43,14 @@ DEFAULT_MAX_QUEUE = 1000
 DEFAULT_STARTUP_TIMEOUT = 20.0
 #: Seconds between SIGTERM and SIGKILL when a bridge is stopped.
 DEFAULT_SHUTDOWN_GRACE = 5.0
+#: Seconds a cancelled stream's command has to end before its bridge is replaced.
+DEFAULT_CANCEL_GRACE = 2.0
 #: Largest argument or result document, in bytes (JSON plus binary values).
 DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 #: Prefix of every queue name and Redis key the library makes.
 DEFAULT_QUEUE_PREFIX = "snakepit"
+#: Address of the opt-in Prometheus endpoint: loopback unless the operator opens it.
+DEFAULT_METRICS_ADDR = "127.0.0.1"
 
 #: Pool names and prefixes become queue names and Redis keys.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
@@ -102,6 +108,10 @@ class PoolConfig:
     max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     #: Seconds between SIGTERM and SIGKILL on stop.
     shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE
+    #: Seconds a stream closed before its end has for its command to stop (the
+    #: bridge's Describe reports no running call); the bridge stays borrowed
+    #: meanwhile, and past this it is killed and replaced. 0: at the first look.
+    cancel_grace: float = DEFAULT_CANCEL_GRACE
     #: Modules the generic Python call API may import (none by default).
     allowed_modules: tuple[str, ...] = ()
 
@@ -114,7 +124,7 @@ class PoolConfig:
             "start_method",
             f"{self.start_method!r} is not one of {', '.join(START_METHODS)}",
         )
-        for name in ("startup_timeout", "queue_timeout", "timeout", "shutdown_grace"):
+        for name in ("startup_timeout", "queue_timeout", "timeout", "shutdown_grace", "cancel_grace"):
             value = getattr(self, name)
             _check(isinstance(value, (int, float)) and value >= 0, name, f"{value!r} must be >= 0")
         _check(self.startup_timeout > 0, "startup_timeout", "must be > 0")
@@ -176,6 +186,15 @@ class SnakepitConfig:
     queue_prefix: str = DEFAULT_QUEUE_PREFIX
     #: Parent of the private (0700) run directories; None means a temp dir.
     run_dir: str | None = None
+    #: Broker of the ready-made app and the CLI; ``install()`` uses it only as a
+    #: default under the app's own setting.
+    broker_url: str | None = None
+    #: Result backend, likewise; None means "the broker's, when that is Redis".
+    result_backend: str | None = None
+    #: Port of the worker's Prometheus endpoint; None: no endpoint, 0: any free port (logged).
+    metrics_port: int | None = None
+    #: Address the Prometheus endpoint listens on.
+    metrics_addr: str = DEFAULT_METRICS_ADDR
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pools", tuple(self.pools))
@@ -188,6 +207,31 @@ class SnakepitConfig:
             "queue_prefix",
             f"{self.queue_prefix!r} must match {NAME_RE.pattern}",
         )
+        port = self.metrics_port
+        _check(
+            port is None or (type(port) is int and 0 <= port <= 65535),
+            "metrics_port",
+            f"{port!r} must be a port number (0-65535) or unset",
+        )
+        _check(bool(self.metrics_addr), "metrics_addr", "must not be empty")
+
+    @property
+    def total_bridges(self) -> int:
+        """Bridges of all pools together: the worker needs at least as many threads."""
+        return sum(p.size for p in self.pools)
+
+    def queue_name(self, pool: str) -> str:
+        """The Celery queue of pool ``pool``: ``<queue_prefix>.pool.<pool>``.
+
+        Raises:
+            ConfigurationError: ``pool`` is unfit for a queue name.
+        """
+        _check(
+            isinstance(pool, str) and bool(NAME_RE.match(pool)),
+            "pool",
+            f"{pool!r} must match {NAME_RE.pattern}",
+        )
+        return f"{self.queue_prefix}.pool.{pool}"
 
     @property
     def default_pool(self) -> str:
@@ -248,7 +292,8 @@ class SnakepitConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SnakepitConfig:
         """The config a worker uses: ``SNAKEPIT_CONFIG`` (a file) if set, then
         ``SNAKEPIT_*`` overrides: ``REDIS_URL``, ``QUEUE_PREFIX``, ``RUN_DIR``,
-        and ``POOL_SIZE`` / ``START_METHOD`` applied to every pool.
+        ``BROKER_URL``, ``RESULT_BACKEND``, ``METRICS_PORT``, ``METRICS_ADDR``, and
+        ``POOL_SIZE`` / ``START_METHOD`` applied to every pool.
         """
         env = os.environ if environ is None else environ
         base = cls.from_file(env["SNAKEPIT_CONFIG"]) if env.get("SNAKEPIT_CONFIG") else cls()
@@ -259,6 +304,16 @@ class SnakepitConfig:
             changes["queue_prefix"] = env["SNAKEPIT_QUEUE_PREFIX"]
         if env.get("SNAKEPIT_RUN_DIR"):
             changes["run_dir"] = env["SNAKEPIT_RUN_DIR"]
+        if env.get("SNAKEPIT_BROKER_URL"):
+            changes["broker_url"] = env["SNAKEPIT_BROKER_URL"]
+        if env.get("SNAKEPIT_RESULT_BACKEND"):
+            changes["result_backend"] = env["SNAKEPIT_RESULT_BACKEND"]
+        if env.get("SNAKEPIT_METRICS_PORT"):
+            raw = env["SNAKEPIT_METRICS_PORT"]
+            _check(raw.isdigit(), "SNAKEPIT_METRICS_PORT", f"{raw!r} is not a port number")
+            changes["metrics_port"] = int(raw)
+        if env.get("SNAKEPIT_METRICS_ADDR"):
+            changes["metrics_addr"] = env["SNAKEPIT_METRICS_ADDR"]
         pool_changes: dict[str, Any] = {}
         if env.get("SNAKEPIT_POOL_SIZE"):
             raw = env["SNAKEPIT_POOL_SIZE"]

@@ -1,0 +1,170 @@
+"""The caller-side API: ``install`` a Celery app, find its config, its Redis, its stats.
+
+``install(app)`` is all a Django or Flask project adds to its own Celery app:
+the worker then hosts the pools (see :mod:`snakepit_celery.worker`) and sending
+``execute`` routes to them. The settings it needs are applied once the app's
+configuration is loaded, and only where the app left Celery's own default, so
+anything the project set itself (in code, a config module, Django settings,
+or on the command line) still wins. (Celery's ``add_defaults`` cannot do this:
+its defaults outrank a ``config_from_object`` module.)
+"""
+
+from __future__ import annotations
+
+import os
+import weakref
+from typing import Any
+
+from celery import Celery
+from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
+
+from snakepit_celery.config import SnakepitConfig
+from snakepit_celery.errors import ConfigurationError
+from snakepit_celery.stats import get_stats  # re-exported: the caller's API lives here
+
+__all__ = ["DEFAULT_BROKER_URL", "config_for", "create_app", "get_stats", "install", "resolve_redis_url"]
+
+#: Broker of :func:`create_app` when neither the config nor Celery's environment names one.
+DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
+
+#: URL schemes of a Redis server (kombu/Celery spellings).
+_REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
+
+_configs: weakref.WeakKeyDictionary[Celery, SnakepitConfig] = weakref.WeakKeyDictionary()
+_installed: weakref.WeakSet[Celery] = weakref.WeakSet()
+
+
+def config_for(app: Celery) -> SnakepitConfig:
+    """The snakepit config of ``app``: the one given to ``install``, else
+    :meth:`SnakepitConfig.from_env` (read once per app).
+
+    Raises:
+        ConfigurationError: the environment's config is invalid; names the field.
+    """
+    config = _configs.get(app)
+    if config is None:
+        config = SnakepitConfig.from_env()
+        _configs[app] = config
+    return config
+
+
+def install(app: Celery, config: SnakepitConfig | None = None) -> None:
+    """Make ``app``'s workers host snakepit pools and its callers route to them.
+
+    Adds the worker bootstep and, where the app kept Celery's default: the
+    threads pool, JSON only (pickle refused), task events on (Flower), enough
+    worker threads for every bridge, and the config's broker/backend if it has
+    them. Idempotent.
+
+    Args:
+        app: the project's Celery app.
+        config: the pools to host; None reads ``SNAKEPIT_CONFIG`` (a TOML file)
+            and ``SNAKEPIT_*`` variables when first needed.
+
+    Example::
+
+        app = Celery("proj", broker="redis://localhost:6379/0", backend="redis://localhost:6379/1")
+        install(app)
+    """
+    from snakepit_celery import tasks  # noqa: F401  (registers the shared tasks)
+    from snakepit_celery.batch import tasks as _batch_tasks  # noqa: F401  (snakepit.execute_batch)
+    from snakepit_celery.sessions import task as _session_task  # noqa: F401  (snakepit.execute_in_session)
+    from snakepit_celery.sessions.step import SessionStep
+    from snakepit_celery.streaming import task as _stream_task  # noqa: F401  (snakepit.execute_stream)
+    from snakepit_celery.worker import SnakepitStep
+
+    if config is not None:
+        _configs[app] = config
+    if app in _installed:
+        return
+    _installed.add(app)
+    app.steps["worker"].add(SnakepitStep)
+    app.steps["consumer"].add(SessionStep)
+    if app.configured:
+        _apply_defaults(app)
+    else:
+        app.on_after_configure.connect(_on_after_configure, sender=app, weak=False)
+
+
+def create_app(config: SnakepitConfig | None = None, *, main: str = "snakepit_celery") -> Celery:
+    """A new Celery app with snakepit installed: the ready-made app, the CLI's and the demo's.
+
+    The broker is ``config.broker_url``, else Celery's ``CELERY_BROKER_URL``, else
+    :data:`DEFAULT_BROKER_URL`; results go to ``config.result_backend``, else
+    ``CELERY_RESULT_BACKEND``, else the broker when it is Redis.
+
+    Args:
+        config: None reads ``SNAKEPIT_CONFIG`` and ``SNAKEPIT_*`` variables.
+        main: the app's name (the prefix of its auto-named tasks).
+
+    Raises:
+        ConfigurationError: the config is invalid; the message names the field.
+    """
+    config = config or SnakepitConfig.from_env()
+    broker = config.broker_url or os.environ.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL
+    backend = config.result_backend or os.environ.get("CELERY_RESULT_BACKEND")
+    if backend is None and _is_redis(broker):
+        backend = broker  # results need a backend; the broker's Redis is the obvious one
+    app = Celery(main, broker=broker, backend=backend)
+    install(app, config)
+    return app
+
+
+def _on_after_configure(sender: Celery, **kwargs: Any) -> None:
+    _apply_defaults(sender)
+
+
+def _apply_defaults(app: Celery) -> None:
+    conf = app.conf
+    for key, value in _defaults(app).items():
+        if conf.get(key) == CELERY_DEFAULTS.get(key):
+            conf[key] = value
+
+
+def _defaults(app: Celery) -> dict[str, Any]:
+    defaults: dict[str, Any] = {
+        "worker_pool": "threads",
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "event_serializer": "json",
+        "accept_content": ["json"],
+        "result_accept_content": ["json"],
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+    }
+    try:
+        config = config_for(app)
+    except ConfigurationError:
+        return defaults  # the worker step reports it at start, naming the field
+    defaults["worker_concurrency"] = max(config.total_bridges, os.cpu_count() or 1)
+    if config.broker_url:
+        defaults["broker_url"] = config.broker_url
+    backend = config.result_backend or (config.broker_url if _is_redis(config.broker_url) else None)
+    if backend:
+        defaults["result_backend"] = backend
+    return defaults
+
+
+def _is_redis(url: str | None) -> bool:
+    return bool(url) and str(url).lower().startswith(_REDIS_SCHEMES)
+
+
+def resolve_redis_url(app: Celery, config: SnakepitConfig | None = None) -> str:
+    """The Redis that sessions and streams use.
+
+    ``SNAKEPIT_REDIS_URL`` (``config.redis_url``), else the app's result backend
+    when that is Redis, else its broker when that is Redis.
+
+    Raises:
+        ConfigurationError: none of them is a Redis URL.
+    """
+    config = config or config_for(app)
+    if config.redis_url:
+        return config.redis_url
+    for url in (app.conf.result_backend, app.conf.broker_url):
+        if isinstance(url, str) and _is_redis(url):
+            return url
+    raise ConfigurationError(
+        "redis_url: sessions and streams need Redis: set SNAKEPIT_REDIS_URL (or redis_url in the "
+        "config file), or use a redis:// result backend or broker"
+    )

@@ -1,0 +1,154 @@
+"""The ``snakepit-celery`` command: ``worker``, ``demo`` and ``status``.
+
+::
+
+    snakepit-celery worker [--config FILE] [--broker URL] [celery worker options...]
+    snakepit-celery demo
+    snakepit-celery status [--config FILE] [--broker URL] [--json] [--timeout S]
+
+A bad config is refused before anything starts, with the field named and
+exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from snakepit_celery.config import SnakepitConfig
+from snakepit_celery.errors import ConfigurationError
+
+__all__ = ["main"]
+
+#: Exit status of a refused configuration (as argparse uses for bad usage).
+EXIT_CONFIG = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="snakepit-celery", description="Celery workers that host warm bridge processes."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", metavar="FILE", help="a TOML worker config (default: $SNAKEPIT_CONFIG)")
+        p.add_argument("--broker", metavar="URL", help="the broker (default: $SNAKEPIT_BROKER_URL)")
+
+    worker = sub.add_parser(
+        "worker",
+        help="start a Celery worker hosting the config's pools",
+        description="Other options are passed to `celery worker` (e.g. --loglevel INFO -n name@%%h).",
+    )
+    common(worker)
+    sub.add_parser("demo", help="run the showcase against an embedded Redis and a real worker")
+    status = sub.add_parser("status", help="live pool stats of every worker")
+    common(status)
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for replies")
+    return parser
+
+
+def _load_config(ns: argparse.Namespace) -> SnakepitConfig:
+    """``--config`` (else ``$SNAKEPIT_CONFIG``), the ``SNAKEPIT_*`` variables on top, then ``--broker``."""
+    env = dict(os.environ)
+    if ns.config:
+        env["SNAKEPIT_CONFIG"] = ns.config
+    config = SnakepitConfig.from_env(env)
+    if ns.broker:
+        config = dataclasses.replace(config, broker_url=ns.broker)
+    return config
+
+
+def cmd_worker(ns: argparse.Namespace, celery_args: list[str]) -> int:
+    """Run a worker in this process until it is stopped; its exit status."""
+    from snakepit_celery.api import create_app
+
+    app = create_app(_load_config(ns))
+    app.worker_main(["worker", *celery_args])
+    return 0
+
+
+def cmd_status(ns: argparse.Namespace) -> int:
+    """Print every worker's pools; 1 when no worker answered."""
+    from snakepit_celery.api import create_app
+    from snakepit_celery.stats import get_stats
+
+    app = create_app(_load_config(ns))
+    try:
+        stats = get_stats(app, timeout=ns.timeout)
+    finally:
+        app.close()
+    if ns.json:
+        print(json.dumps(stats, indent=2, sort_keys=True))
+    else:
+        print(format_status(stats))
+    if not stats["nodes"]:
+        print(f"no snakepit worker answered within {ns.timeout}s on {app.conf.broker_url}", file=sys.stderr)
+        return 1
+    return 0
+
+
+#: Columns of the status table: header, key of a pool's stats.
+_COLUMNS = (
+    ("POOL", "name"),
+    ("LANG", "language"),
+    ("SIZE", "size"),
+    ("ALIVE", "workers"),
+    ("BUSY", "busy"),
+    ("FREE", "available"),
+    ("QUEUED", "queued"),
+    ("REQUESTS", "requests"),
+    ("ERRORS", "errors"),
+    ("TIMEOUTS", "queue_timeouts"),
+    ("SATURATED", "pool_saturated"),
+    ("RESTARTS", "restarts"),
+    ("SESSIONS", "sessions"),
+    ("MEM_MB", "rss_mb"),
+    ("PIDS", "bridge_pids"),
+)
+
+
+def _cell(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
+
+
+def format_status(stats: dict[str, Any]) -> str:
+    """The table ``status`` prints: one row per pool of each worker, then the totals."""
+    rows: list[list[str]] = [["WORKER", *(h for h, _ in _COLUMNS)]]
+    for hostname, node in stats["nodes"].items():
+        for pool in node.get("pools", {}).values():
+            rows.append([hostname, *(_cell(pool.get(key, "")) for _, key in _COLUMNS)])
+    total = {h: _cell(stats[k]) for h, k in _COLUMNS if k in stats}
+    rows.append([f"total ({len(stats['nodes'])} workers)", *(total.get(h, "") for h, _ in _COLUMNS)])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``snakepit-celery`` script."""
+    parser = _parser()
+    ns, rest = parser.parse_known_args(argv)
+    if rest and ns.command != "worker":
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    try:
+        if ns.command == "worker":
+            return cmd_worker(ns, rest)
+        if ns.command == "status":
+            return cmd_status(ns)
+        from snakepit_celery.demo import run_demo
+
+        return run_demo()
+    except ConfigurationError as exc:
+        print(f"snakepit-celery: configuration refused: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,102 @@
+"""The Celery tasks: ``snakepit.execute`` and the routing that sends it to its pool.
+
+``execute`` is a shared task, so it binds to whatever app is current (a Django
+project's, a Flask app's, or the ready-made one). Sending it picks the queue
+``<prefix>.pool.<name>`` of the pool it names (the default pool when none is
+named) and writes that pool name into the message, so a worker that hosts only
+a Node.js pool never receives Python work and the worker never has to guess
+which pool the caller meant.
+
+No automatic retry: an infrastructure error (``BridgeCrashed``, ``QueueTimeout``,
+``PoolSaturated``...) reaches the caller with ``retryable = True`` and the caller
+decides, because only the caller knows whether the command is safe to run
+twice. ``idempotent=True`` lets the pool itself rerun a call whose bridge
+crashed, once, on a fresh bridge.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery import Task, shared_task
+
+from snakepit_celery.api import config_for
+from snakepit_celery.errors import ExecutionError
+from snakepit_celery.worker import current_host
+
+__all__ = ["PoolTask", "execute"]
+
+#: Options that mean "the caller routed this message themselves".
+_ROUTING_OPTIONS = ("queue", "exchange", "routing_key")
+
+
+class PoolTask(Task):  # type: ignore[misc]
+    """A task whose messages go to the queue of the pool named in ``kwargs["pool"]``.
+
+    Every way of sending goes through :meth:`apply_async` (``delay``, signatures
+    in groups, chains and chords, and the worker sending a chain's next step),
+    so routing here covers all of them. A queue, exchange or routing key the
+    caller set explicitly is left alone.
+    """
+
+    #: Errors of the command itself are expected outcomes: logged without a traceback.
+    throws = (ExecutionError,)
+
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> Any:
+        if not any(options.get(key) for key in _ROUTING_OPTIONS):
+            config = config_for(self.app)
+            kwargs = dict(kwargs or {})
+            pool = kwargs.get("pool") or config.default_pool
+            kwargs["pool"] = pool
+            options["queue"] = config.queue_name(pool)
+        return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
+
+
+@shared_task(name="snakepit.execute", base=PoolTask, bind=True)  # type: ignore[untyped-decorator]
+def execute(
+    self: Task,
+    command: str,
+    args: Any = None,
+    *,
+    pool: str | None = None,
+    timeout: float | None = None,
+    idempotent: bool = False,
+) -> Any:
+    """Run ``command`` with the JSON value ``args`` on a bridge of ``pool``.
+
+    Args:
+        command: the command name, e.g. ``"compute"``.
+        args: a JSON value (usually an object); ``bytes`` inside travel as bytes.
+        pool: the named pool; the default pool (the config's first) when None.
+        timeout: hard limit in seconds; past it the bridge is killed and the call
+            fails with ``CommandTimeout``. None: the command's or pool's limit.
+        idempotent: the call may run twice, so a call whose bridge crashed is
+            rerun once on a fresh bridge instead of failing with ``BridgeCrashed``.
+
+    Returns:
+        The command's result, as the bridge returned it (types kept exactly).
+
+    Raises:
+        ExecutionError: the command failed (``CommandError``, ``UnknownCommand``,
+            ``InvalidArguments``, ``CommandTimeout``); arrives at the caller as is.
+        InfrastructureError: the pool or a bridge failed; ``retryable`` is True.
+
+    Example::
+
+        execute.delay("compute", {"operation": "add", "a": 5, "b": 3}).get()["result"]  # 8
+    """
+    return (
+        current_host()
+        .pool(pool)
+        .execute(command, args, timeout=timeout, request_id=self.request.id, idempotent=idempotent)
+    )

@@ -1,0 +1,172 @@
+"""The worker side: a bootstep that owns the pools, and two remote-control commands.
+
+:class:`SnakepitStep` joins the worker blueprint (``install()`` adds it). It
+runs after the task pool is created and before the consumer, so the bridges
+are SERVING before the first message is taken, and on shutdown it stops after
+the consumer, so:
+
+* warm shutdown (SIGTERM): the consumer stops taking messages, the task pool
+  finishes the calls that are running (queued, unstarted messages go back to
+  the broker unacknowledged), then the bridges are drained and stopped;
+* cold shutdown (SIGQUIT, a second Ctrl-C): the bridges are killed at once,
+  and the calls still running fail with ``BridgeCrashed``/``PoolClosed``.
+
+The tasks reach the pools through :func:`current_host`.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING, Any
+
+from celery import bootsteps
+from celery.concurrency import solo, thread
+from celery.utils.log import get_logger
+from celery.worker.control import control_command, inspect_command
+
+from snakepit_celery.api import config_for
+from snakepit_celery.errors import ConfigurationError, SnakepitError
+
+if TYPE_CHECKING:
+    from snakepit_celery.host import PoolHost
+    from snakepit_celery.monitoring import WorkerTelemetry
+
+__all__ = ["SnakepitStep", "current_host"]
+
+logger = get_logger(__name__)
+
+#: Task pools under which a task and the bootstep share one process.
+_SUPPORTED_POOLS = (thread.TaskPool, solo.TaskPool)
+
+_lock = threading.Lock()
+_host: PoolHost | None = None
+
+
+def current_host() -> PoolHost:
+    """The pools of this worker process.
+
+    Raises:
+        ConfigurationError: this process is not a worker with snakepit installed
+            (eager mode, a worker of an app without ``install(app)``).
+    """
+    host = _host
+    if host is None:
+        raise ConfigurationError(
+            "worker: this process hosts no pools; snakepit tasks run only in a worker of an app "
+            "passed to snakepit_celery.install(app), started with --pool threads"
+        )
+    return host
+
+
+def _set_host(host: PoolHost | None) -> None:
+    global _host
+    with _lock:
+        _host = host
+
+
+class SnakepitStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Start the pools with the worker and consume their queues."""
+
+    label = "snakepit"
+    #: After the task pool exists, and (the consumer being last) before messages flow.
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker: Any, **kwargs: Any) -> None:
+        super().__init__(worker, **kwargs)
+        pool_cls = worker.pool_cls
+        if not (isinstance(pool_cls, type) and issubclass(pool_cls, _SUPPORTED_POOLS)):
+            name = getattr(pool_cls, "__module__", str(pool_cls)).rsplit(".", 1)[-1]
+            raise ConfigurationError(
+                f"worker_pool: snakepit needs the threads pool, not {name!r}: the bridges belong to "
+                "the worker process, which forked or green-threaded children cannot share. "
+                "Start the worker with `--pool threads` (worker_pool = 'threads')."
+            )
+        self.config = config_for(worker.app)
+        if worker.concurrency < self.config.total_bridges and issubclass(pool_cls, thread.TaskPool):
+            logger.warning(
+                "snakepit: worker concurrency %d is below the %d bridges of its pools; "
+                "some bridges will stay idle (raise --concurrency)",
+                worker.concurrency,
+                self.config.total_bridges,
+            )
+        queues = worker.app.amqp.queues
+        for pool in self.config.pools:
+            queues.select_add(self.config.queue_name(pool.name))
+        self.host: PoolHost | None = None
+        self.telemetry: WorkerTelemetry | None = None
+
+    def create(self, worker: Any) -> SnakepitStep:
+        return self
+
+    def start(self, worker: Any) -> None:
+        from snakepit_celery.host import PoolHost  # gRPC is imported by workers only
+        from snakepit_celery.monitoring import WorkerTelemetry
+        from snakepit_celery.sessions.step import session_loader_for
+
+        self.telemetry = WorkerTelemetry(self.config)  # signals, log lines, Prometheus if configured
+        host = PoolHost(
+            self.config,
+            host_key=worker.hostname,
+            telemetry=self.telemetry,
+            session_loader=session_loader_for(worker.app),
+        )
+        try:
+            host.start()
+        except BaseException:
+            host.close(grace=0)
+            raise
+        self.host = host
+        _set_host(host)
+        self.telemetry.serve(host)
+        logger.info("snakepit: pools %s started", ", ".join(host.pools))
+
+    def stop(self, worker: Any) -> None:
+        host = self.host
+        if host is None:
+            return
+        # Let the task pool finish what it is running first: those calls need their bridges.
+        worker.pool.stop()
+        grace = max(p.shutdown_grace for p in self.config.pools)
+        if not host.drain(grace):
+            logger.warning("snakepit: calls still running after %.1fs; stopping the bridges", grace)
+        self._close(grace)
+
+    def terminate(self, worker: Any) -> None:
+        self._close(0.0)
+
+    def _close(self, grace: float) -> None:
+        host, self.host = self.host, None
+        if host is None:
+            return
+        _set_host(None)
+        host.close(grace=grace)
+        if self.telemetry is not None:
+            self.telemetry.close()
+
+    def info(self, worker: Any) -> dict[str, Any]:
+        host = self.host
+        return {"snakepit": host.stats()} if host is not None else {}
+
+
+@inspect_command()  # type: ignore[untyped-decorator]
+def snakepit_stats(state: Any) -> dict[str, Any]:
+    """The pool stats of this worker (``celery inspect snakepit_stats``)."""
+    host = _host
+    if host is None:
+        return {"error": "no pools in this worker"}
+    return host.stats()
+
+
+@control_command(  # type: ignore[untyped-decorator]
+    args=[("pool", str), ("pid", int)],
+    signature="[pool [pid]]",
+)
+def snakepit_restart(state: Any, pool: str | None = None, pid: int | None = None) -> dict[str, Any]:
+    """Restart one bridge (by pid) or all of a pool (``celery control snakepit_restart python``)."""
+    host = _host
+    if host is None:
+        return {"error": "no pools in this worker"}
+    try:
+        return {"ok": host.pool(pool or None).restart_bridge(pid or None)}
+    except SnakepitError as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}

@@ -156,6 +156,17 @@ class Bridge:
     def open_stream(self, request: bridge_pb2.ExecuteRequest, timeout: float | None) -> Iterator[Any]:
         return self.stream_call(request, timeout=timeout)  # type: ignore[no-any-return]
 
+    def active_calls(self, timeout: float) -> int | None:
+        """Calls whose command still runs on the bridge (Describe), or None if it did not answer.
+
+        A bridge of an older protocol revision has no such field and reports 0.
+        """
+        try:
+            reply = self.describe_call(bridge_pb2.DescribeRequest(), timeout=timeout)
+        except grpc.RpcError:
+            return None
+        return int(reply.active_calls)
+
     # -- process -------------------------------------------------------------
 
     def rss_bytes(self) -> int | None:

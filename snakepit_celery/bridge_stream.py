@@ -3,12 +3,22 @@
 Each gRPC message of ``ExecuteStream`` may carry several chunks the bridge
 coalesced; they are handed out together, as one list, so a consumer sees the
 same grouping the bridge sent. The bridge stays borrowed until the stream
-ends or is closed; closing an unfinished stream cancels it on the bridge
-(its generator stops) and gives the bridge back.
+ends or is closed.
+
+Closing an unfinished stream cancels the gRPC call, and that is over at once
+for the caller; but the bridge's generator stops only at its next look at the
+cancel, and one stuck in a long step between yields would go on running
+beside the next caller's call, which the threads pool cannot stop. So the
+slot stays borrowed while a settle thread asks the bridge (Describe's
+``active_calls``, every few milliseconds) until nothing runs there any more,
+and only then gives it back; a bridge still busy after ``cancel_grace`` is
+killed and replaced. The caller never waits for any of it.
 """
 
 from __future__ import annotations
 
+import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 import grpc
@@ -21,7 +31,54 @@ if TYPE_CHECKING:
     from snakepit_celery.checkout import Slot
     from snakepit_celery.pool import BridgePool
 
-__all__ = ["BridgeStream"]
+__all__ = ["BridgeStream", "settle_cancelled"]
+
+log = logging.getLogger("snakepit_celery.pool")
+
+#: Seconds between looks at a cancelled stream's bridge.
+SETTLE_POLL = 0.015
+#: Longest wait for one Describe answer; a bridge whose only thread is busy
+#: (Node.js in a synchronous loop) answers none until the grace ends.
+_DESCRIBE_TIMEOUT = 0.5
+
+
+def settle_cancelled(pool: BridgePool, slot: Slot, bridge: Bridge, command: str) -> None:
+    """Give ``slot`` back once the cancelled ``command`` has ended on ``bridge``; never blocks.
+
+    Until then the slot stays busy (``drain`` waits for it, a session pinned
+    to it queues). Past ``cancel_grace`` the bridge is killed and replaced
+    (a restart; its exit reason starts with "ignored cancel").
+    """
+    with pool._lock:
+        closed = pool._closed
+        if not closed:
+            pool._spawn_thread(
+                f"snakepit-settle-{pool.name}-{slot.index}", lambda: _settle(pool, slot, bridge, command)
+            )
+    if closed:
+        pool._release(slot, bridge)
+
+
+def _settle(pool: BridgePool, slot: Slot, bridge: Bridge, command: str) -> None:
+    grace = pool.config.cancel_grace
+    deadline = time.monotonic() + grace
+    try:
+        while not (bridge.exited or pool._closed):
+            remaining = deadline - time.monotonic()
+            if bridge.active_calls(min(_DESCRIBE_TIMEOUT, max(remaining, SETTLE_POLL))) == 0:
+                break
+            if time.monotonic() >= deadline:
+                reason = f"ignored cancel: {command!r} still ran {grace}s after its stream was cancelled"
+                log.warning("pool %s: bridge pid %d %s; replacing it", pool.name, bridge.pid, reason)
+                bridge.exit_reason = reason
+                bridge.kill()
+                pool._release(slot, bridge, broken=reason)
+                return
+            pool._closing.wait(SETTLE_POLL)
+    except BaseException:  # a bug here must not keep the slot borrowed forever
+        log.exception("pool %s: settling a cancelled %r failed", pool.name, command)
+    # Given back; a bridge that exited meanwhile is replaced by the release.
+    pool._release(slot, bridge)
 
 
 class BridgeStream:
@@ -97,11 +154,16 @@ class BridgeStream:
             self._call.cancel()
 
     def close(self) -> None:
-        """End the stream (cancelling it if unfinished) and give the bridge back."""
+        """End the stream, cancelling it if unfinished; returns at once.
+
+        The bridge goes back to the pool once its command has really stopped
+        (see the module docs).
+        """
         if self._done:
             return
         self.cancel()
-        self._finish("cancelled", release=True)
+        self._finish("cancelled", release=False)
+        settle_cancelled(self._pool, self._slot, self._bridge, self.command)
 
     def __enter__(self) -> BridgeStream:
         return self

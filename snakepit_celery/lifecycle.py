@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from snakepit_celery.adapters import resolve_adapter
@@ -183,15 +184,22 @@ class PoolLifecycle:
     def _spawn_start(self, slot: Slot) -> None:
         """Start a thread that brings ``slot`` (at its current generation) up. Lock held."""
         gen = slot.gen
+        self._spawn_thread(f"snakepit-start-{self.name}-{slot.index}", lambda: self._start_slot(slot, gen))
+
+    def _spawn_thread(self, name: str, body: Callable[[], None]) -> None:
+        """Run ``body`` on a thread that :meth:`close` waits for. Lock held.
+
+        ``body`` must end soon after ``_closing`` is set.
+        """
 
         def run() -> None:
             try:
-                self._start_slot(slot, gen)
+                body()
             finally:
                 with self._lock:
                     self._threads.discard(thread)
 
-        thread = threading.Thread(target=run, name=f"snakepit-start-{self.name}-{slot.index}", daemon=True)
+        thread = threading.Thread(target=run, name=name, daemon=True)
         self._threads.add(thread)
         thread.start()
 

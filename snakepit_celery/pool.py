@@ -27,7 +27,7 @@ import grpc
 from snakepit_bridge._proto import bridge_pb2
 
 from snakepit_celery.bridge import Bridge
-from snakepit_celery.bridge_stream import BridgeStream
+from snakepit_celery.bridge_stream import BridgeStream, settle_cancelled
 from snakepit_celery.checkout import Slot
 from snakepit_celery.config import PoolConfig
 from snakepit_celery.errors import (
@@ -146,7 +146,7 @@ class BridgePool(PoolLifecycle):
             return mapped
         code = exc.code() if hasattr(exc, "code") else None
         if cancelled and code == grpc.StatusCode.CANCELLED:
-            self._release(slot, bridge)
+            settle_cancelled(self, slot, bridge, command)
             return CommandCancelled(f"{command!r} was cancelled by the caller")
         if code == grpc.StatusCode.DEADLINE_EXCEEDED and hard:
             bridge.exit_reason = f"killed: {command!r} ran past its hard timeout of {hard}s"

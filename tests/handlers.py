@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,13 @@ class TestHandler(ShowcaseHandler):
         """Block without looking at cancellation: only a kill ends it."""
         time.sleep(seconds)
         return {"pid": os.getpid()}
+
+    @command
+    def stubborn_stream(self, seconds: float = 60.0) -> Iterator[dict[str, Any]]:
+        """Yield once, then block in one long step that never looks at cancellation."""
+        yield {"pid": os.getpid(), "is_final": False}
+        time.sleep(seconds)
+        yield {"pid": os.getpid(), "is_final": True}
 
     @command
     def crash(self, code: int = 3) -> dict[str, Any]:

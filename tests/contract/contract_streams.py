@@ -1,4 +1,4 @@
-"""The contract's stream tests: order, coalescing, the showcase streams, cancel."""
+"""The contract's stream tests: order, coalescing, the showcase streams, cancel, active calls."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Any
 
 import grpc
 import pytest
+from snakepit_bridge._proto import bridge_pb2
 
-from .common import Client, ContractHooks, wait_for
+from .common import Client, ContractHooks, Launch, wait_for
 
 #: Seconds a cancelled stream's generator has to be closed (the issue asks ~0.1 s).
 CANCEL_BOUND = 0.5
@@ -93,3 +94,33 @@ class StreamContract(ContractHooks):
         took = self._cancel_and_time(client, {"count": 0, "interval": 0}, read=3)
         assert took < CANCEL_BOUND, f"generator closed {took:.3f}s after the cancel"
         assert client.execute("ping")["status"] == "ok"
+
+    # -- active calls (what the pool waits on after a cancel) --------------------
+
+    @staticmethod
+    def _active_calls(client: Client) -> int:
+        return int(client.stub.Describe(bridge_pb2.DescribeRequest(), timeout=5).active_calls)
+
+    def test_active_calls_counts_a_stream_until_its_generator_has_ended(self, launch: Launch) -> None:
+        # A private bridge: no call of another test can be running on it.
+        _, client = launch()
+        assert self._active_calls(client) == 0, "an idle bridge reports running calls"
+        before = client.execute("info")["streams_cancelled"]
+        call = client.stub.ExecuteStream(
+            client.request("ping_stream", {"count": 0, "interval": 0.05}), timeout=60
+        )
+        next(call)
+        assert self._active_calls(client) == 1, "a running stream is not counted (or counted twice)"
+        call.cancel()
+        wait_for(lambda: self._active_calls(client) == 0, 5, "active_calls back to 0 after the cancel")
+        # The count fell only once the generator's own cleanup had run.
+        assert client.execute("info")["streams_cancelled"] == before + 1
+        assert self._active_calls(client) == 0
+
+    def test_active_calls_counts_a_running_unary_call(self, launch: Launch) -> None:
+        # Not cancelled: a bridge need not notice the cancel of a unary call (Ruby's does not).
+        _, client = launch()
+        future = client.stub.Execute.future(client.request("sleep", {"seconds": 2.0}), timeout=30)
+        wait_for(lambda: self._active_calls(client) == 1, 2.0, "the running sleep call to be counted")
+        future.result(timeout=30)
+        assert self._active_calls(client) == 0, "a call that has returned is still counted"

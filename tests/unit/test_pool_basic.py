@@ -14,7 +14,7 @@ from snakepit_celery.errors import (
     PoolClosed,
     UnknownCommand,
 )
-from tests.handlers import PoolFactory, Recorder
+from tests.handlers import PoolFactory, Recorder, wait_until
 
 MiB = 1024 * 1024
 
@@ -177,7 +177,9 @@ def test_stream_delivers_chunk_lists_and_cancels(make_pool: PoolFactory) -> None
     with pool.stream("ping_stream", {"count": 0, "interval": 0.01}) as endless:
         first = next(endless)
         assert first
-    # Leaving the block cancelled it on the bridge and gave the bridge back.
+    # Leaving the block cancelled it on the bridge; the bridge comes back once its
+    # generator has stopped (tests/unit/test_pool_cancel.py).
+    wait_until(lambda: pool.stats()["available"] == 1, 5.0, "the bridge is given back")
     stats = pool.stats()
     assert stats["available"] == 1 and stats["busy"] == 0 and stats["restarts"] == 0
     assert recorder.named("request_finished")[-1]["outcome"] == "cancelled"

@@ -7,6 +7,11 @@
  * coalesced into one ExecuteStreamResponse (never past the message limit);
  * the caller's cancel aborts ctx.signal and closes the generator so its
  * `finally` blocks run at once.
+ *
+ * Describe reports `active_calls`: the Execute/ExecuteStream calls whose
+ * handler code still runs. A cancelled call counts until its command has
+ * settled (a stream: until its generator has really closed), so the pool
+ * waits for that, or kills a bridge whose command ignores the cancel.
  */
 
 const path = require('node:path');
@@ -85,6 +90,8 @@ class BridgeServer {
     this.sessions = new Map();
     /** Controllers of the calls in flight, aborted on shutdown. */
     this.inflight = new Set();
+    /** Calls whose handler code still runs (Describe's active_calls). */
+    this.active = 0;
     /** Sessions whose onSessionStart is running, so racing calls share one start. */
     this.starting = new Map();
     this.health = new HealthService([SERVICE_NAME]);
@@ -164,6 +171,7 @@ class BridgeServer {
         return { name, stream: spec.stream, doc: spec.doc };
       }),
       protocol_version: PROTOCOL_VERSION,
+      active_calls: this.active,
     };
   }
 
@@ -301,6 +309,7 @@ class BridgeServer {
   async execute(call, callback) {
     const controller = this.track(call);
     this.handler.stats.requests += 1;
+    this.active += 1;
     try {
       const { spec, args, ctx } = await this.prepare(call.request, controller.signal, true, callDeadline(call));
       callback(null, { result: await this.invoke(spec, args, ctx) });
@@ -308,6 +317,8 @@ class BridgeServer {
       callback(this.fail(err));
     } finally {
       this.inflight.delete(controller);
+      // NOTE: after the command's promise settled, even when the caller cancelled long before.
+      this.active -= 1;
     }
   }
 
@@ -316,6 +327,7 @@ class BridgeServer {
     const signal = controller.signal;
     const stats = this.handler.stats;
     stats.requests += 1;
+    this.active += 1;
     let iterator = null;
     let finished = false;
     let name = null;
@@ -348,10 +360,15 @@ class BridgeServer {
       if (!call.cancelled) call.emit('error', this.fail(classify(err, name)));
     } finally {
       this.inflight.delete(controller);
-      if (!finished && iterator !== null) {
-        await closeIterator(iterator, this.log);
-        stats.streamsClosed += 1;
-        if (signal.aborted) stats.streamsCancelled += 1;
+      try {
+        if (!finished && iterator !== null) {
+          // Waits for a step still running: the generator has ended when this returns.
+          await closeIterator(iterator, this.log);
+          stats.streamsClosed += 1;
+          if (signal.aborted) stats.streamsCancelled += 1;
+        }
+      } finally {
+        this.active -= 1;
       }
     }
   }

@@ -3,6 +3,12 @@
 Every failure becomes a non-OK status whose code fits its kind, with a
 serialized ErrorDetail in the trailing metadata ``snakepit-error-bin``. Bad
 input is answered, never raised out of the service: the bridge keeps serving.
+
+Describe reports how many calls still run handler code (``active_calls``): a
+cancelled call is over for gRPC at once, but its command may go on (a sync
+command between two looks at ``context.cancelled``, a generator in a long
+step), and the pool must not hand the bridge to the next caller, or must kill
+it, while that is so.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import os
 import platform
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
@@ -25,7 +31,7 @@ from snakepit_bridge.handler import BridgeStats, CallContext, Handler, reset_con
 from snakepit_bridge.sessions import SessionTable
 from snakepit_bridge.streams import StreamRun
 
-__all__ = ["ERROR_METADATA_KEY", "PROTOCOL_VERSION", "BridgeService"]
+__all__ = ["ERROR_METADATA_KEY", "PROTOCOL_VERSION", "ActiveCalls", "BridgeService", "CallHold"]
 
 #: Trailing metadata key of the serialized ErrorDetail.
 ERROR_METADATA_KEY = "snakepit-error-bin"
@@ -46,6 +52,50 @@ _STATUS = {
 _TYPE_STATUS = {"PayloadTooLarge": grpc.StatusCode.RESOURCE_EXHAUSTED, "WireError": grpc.StatusCode.INTERNAL}
 
 
+class ActiveCalls:
+    """The number of calls whose handler code is still running (Describe's ``active_calls``)."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        #: Calls with at least one part still running.
+        self.count = 0
+
+    def open(self) -> CallHold:
+        """Count a new call, held by the gRPC thread that took it."""
+        return CallHold(self)
+
+
+class CallHold:
+    """One call's place in the count, shared by the parts of it that run.
+
+    The gRPC thread holds it while it runs the command; an async command's
+    task and a stream's producer take a hold of their own, because either
+    may outlive the gRPC call after a cancel. The last release uncounts it.
+    """
+
+    __slots__ = ("_holders", "_owner")
+
+    def __init__(self, owner: ActiveCalls) -> None:
+        self._owner = owner
+        self._holders = 1
+        with owner.lock:
+            owner.count += 1
+
+    def hold(self) -> None:
+        owner = self._owner
+        with owner.lock:
+            if self._holders == 0:  # NOTE: never expected; keeps the count exact if it happens
+                owner.count += 1
+            self._holders += 1
+
+    def release(self) -> None:
+        owner = self._owner
+        with owner.lock:
+            self._holders -= 1
+            if self._holders == 0:
+                owner.count -= 1
+
+
 class BridgeService(bridge_pb2_grpc.BridgeServicer):
     """Serves one handler's commands."""
 
@@ -59,6 +109,7 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
         self.loop = loop
         self._streams: set[StreamRun] = set()
         self._streams_lock = threading.Lock()
+        self.active = ActiveCalls()
         self._handler_name = f"{type(handler).__module__}:{type(handler).__qualname__}"
 
     # -- helpers --------------------------------------------------------------
@@ -132,21 +183,36 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
         return CallContext(sid or None, state, request.request_id or None, deadline)
 
     def _invoke(
-        self, cmd: Command, kwargs: dict[str, Any], ctx: CallContext, context: grpc.ServicerContext
+        self,
+        cmd: Command,
+        kwargs: dict[str, Any],
+        ctx: CallContext,
+        context: grpc.ServicerContext,
+        call: CallHold,
     ) -> Any:
         """Run a unary command (sync, or async on the loop) and return its result."""
         token = set_context(ctx)
         try:
             if cmd.is_async:
-                future = self.loop.submit(cmd.method(**kwargs))
+
+                async def run() -> Any:
+                    # A task cancelled before its first step never gets here: no
+                    # handler code ran, so there is nothing to count.
+                    call.hold()
+                    try:
+                        return await cmd.method(**kwargs)
+                    finally:
+                        call.release()
+
+                future = self.loop.submit(run())
 
                 def cancel() -> None:
                     ctx.cancelled.set()
                     future.cancel()
 
-                context.add_callback(cancel)
+                _on_end(context, cancel)
                 return future.result()
-            context.add_callback(ctx.cancelled.set)
+            _on_end(context, ctx.cancelled.set)
             return cmd.method(**kwargs)
         except concurrent.futures.CancelledError:
             raise Failure("CANCELLED", "CancelledError", f"command {cmd.name!r} was cancelled") from None
@@ -169,6 +235,7 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
         self, request: bridge_pb2.ExecuteRequest, context: grpc.ServicerContext
     ) -> bridge_pb2.ExecuteResponse:
         self.stats.requests += 1
+        call = self.active.open()
         try:
             cmd = self._lookup(request.command)
             if cmd.stream:
@@ -178,50 +245,62 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
                     f"command {cmd.name!r} is a stream command; call it with ExecuteStream",
                 )
             kwargs = self._args(cmd, request.args)
-            result = self._invoke(cmd, kwargs, self._context(request, context), context)
+            result = self._invoke(cmd, kwargs, self._context(request, context), context, call)
             payload, _ = self._payload(result, f"the result of command {cmd.name!r}")
             return bridge_pb2.ExecuteResponse(result=payload)
         except Failure as failure:
             self._abort(context, failure)
             raise  # unreachable: abort raises
+        finally:
+            call.release()
 
     def ExecuteStream(
         self, request: bridge_pb2.ExecuteRequest, context: grpc.ServicerContext
     ) -> Iterator[bridge_pb2.ExecuteStreamResponse]:
         self.stats.requests += 1
+        call = self.active.open()
         try:
-            cmd = self._lookup(request.command)
-            kwargs = self._args(cmd, request.args)
-            ctx = self._context(request, context)
-            if not cmd.stream:
-                # A unary command streamed: its result is the one chunk.
-                payload, _ = self._payload(
-                    self._invoke(cmd, kwargs, ctx, context), f"the result of {cmd.name!r}"
-                )
-                return iter([bridge_pb2.ExecuteStreamResponse(chunks=[payload])])
-        except Failure as failure:
-            self._abort(context, failure)
-            raise
-        run = StreamRun(
-            cmd,
-            kwargs,
-            ctx,
-            lambda value: self._payload(value, f"a chunk of command {cmd.name!r}"),
-            self.loop,
-            batch_bytes=min(BATCH_BYTES, self.max_message_bytes),
-            on_closed=lambda: self._stream_closed(run),
-        )
-        with self._streams_lock:
-            self._streams.add(run)
-        self.stats.streams_started += 1
-        context.add_callback(run.cancel)
-        run.start()
-        return self._pump(run, context)
+            try:
+                cmd = self._lookup(request.command)
+                kwargs = self._args(cmd, request.args)
+                ctx = self._context(request, context)
+                if not cmd.stream:
+                    # A unary command streamed: its result is the one chunk.
+                    payload, _ = self._payload(
+                        self._invoke(cmd, kwargs, ctx, context, call), f"the result of {cmd.name!r}"
+                    )
+                    return iter([bridge_pb2.ExecuteStreamResponse(chunks=[payload])])
+            except Failure as failure:
+                self._abort(context, failure)
+                raise
+            run = StreamRun(
+                cmd,
+                kwargs,
+                ctx,
+                lambda value: self._payload(value, f"a chunk of command {cmd.name!r}"),
+                self.loop,
+                batch_bytes=min(BATCH_BYTES, self.max_message_bytes),
+                on_closed=lambda: self._stream_closed(run, call),
+            )
+            with self._streams_lock:
+                self._streams.add(run)
+            self.stats.streams_started += 1
+            call.hold()  # the producer's: it may outlive this call after a cancel
+            _on_end(context, run.cancel)
+            try:
+                run.start()
+            except BaseException:
+                self._stream_closed(run, call)
+                raise
+            return self._pump(run, context)
+        finally:
+            call.release()
 
-    def _stream_closed(self, run: StreamRun) -> None:
+    def _stream_closed(self, run: StreamRun, call: CallHold) -> None:
         with self._streams_lock:
             self._streams.discard(run)
         self.stats.streams_closed += 1
+        call.release()
 
     def _pump(
         self, run: StreamRun, context: grpc.ServicerContext
@@ -271,6 +350,7 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
                 for cmd in sorted(self.commands.values(), key=lambda cmd: cmd.name)
             ],
             protocol_version=PROTOCOL_VERSION,
+            active_calls=self.active.count,
         )
 
     # -- shutdown -------------------------------------------------------------
@@ -282,3 +362,13 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
         stopping = Failure("CANCELLED", "BridgeStopping", "the bridge is stopping; the stream was cut short")
         for run in runs:
             run.cancel(stopping)
+
+
+def _on_end(context: grpc.ServicerContext, callback: Callable[[], None]) -> None:
+    """Run ``callback`` when the call ends (a cancel), or now if it has ended already.
+
+    gRPC refuses a callback on a call that is already over (the caller
+    cancelled before the command started), and the command must still stop.
+    """
+    if not context.add_callback(callback):
+        callback()

@@ -279,6 +279,7 @@ class DescribeResponse(_message.Message):
     HANDLER_FIELD_NUMBER: _builtins.int
     COMMANDS_FIELD_NUMBER: _builtins.int
     PROTOCOL_VERSION_FIELD_NUMBER: _builtins.int
+    ACTIVE_CALLS_FIELD_NUMBER: _builtins.int
     language: _builtins.str
     """"python", "node", "ruby", ..."""
     runtime_version: _builtins.str
@@ -288,6 +289,12 @@ class DescribeResponse(_message.Message):
     """The handler class or module that serves the commands."""
     protocol_version: _builtins.str
     """Version of the protocol this bridge implements ("1")."""
+    active_calls: _builtins.int
+    """Execute/ExecuteStream calls whose handler code is still running, not
+    counting this Describe call. A cancelled stream counts until its
+    generator has really ended, so the pool can tell a bridge that honoured
+    a cancel (back to 0) from one whose command ignores it.
+    """
     @_builtins.property
     def commands(self) -> _containers.RepeatedCompositeFieldContainer[Global___CommandInfo]: ...
     def __init__(
@@ -299,10 +306,11 @@ class DescribeResponse(_message.Message):
         handler: _builtins.str = ...,
         commands: _abc.Iterable[Global___CommandInfo] | None = ...,
         protocol_version: _builtins.str = ...,
+        active_calls: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["commands", b"commands", "handler", b"handler", "language", b"language", "pid", b"pid", "protocol_version", b"protocol_version", "runtime_version", b"runtime_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_calls", b"active_calls", "commands", b"commands", "handler", b"handler", "language", b"language", "pid", b"pid", "protocol_version", b"protocol_version", "runtime_version", b"runtime_version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

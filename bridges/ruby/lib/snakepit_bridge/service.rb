@@ -23,6 +23,11 @@ module SnakepitBridge
   # The Bridge gRPC service: decode, bind, call the handler, encode, answer.
   # Every failure becomes a non-OK status with an ErrorDetail; bad input is
   # answered, never raised out of the service, so the bridge keeps serving.
+  #
+  # Describe reports active_calls: the Execute/ExecuteStream calls whose
+  # handler code still runs. A stream counts until its producer thread has
+  # ended, which after a cancel may be long after the gRPC call (a command in a
+  # long step between yields), so the pool can wait for it or kill the bridge.
   class BridgeService < Snakepit::Bridge::V1::Bridge::Service
     V1 = Snakepit::Bridge::V1
     Failure = Errors::Failure
@@ -43,7 +48,9 @@ module SnakepitBridge
       @global_state = {}
       @session_lock = Mutex.new
       @streams = {}
+      # Guards @streams and @calling (calls in their gRPC thread, not yet handed to a producer).
       @streams_lock = Mutex.new
+      @calling = 0
       CloseWatch.install
     end
 
@@ -54,27 +61,40 @@ module SnakepitBridge
           spec = @commands[name]
           V1::CommandInfo.new(name: name, stream: spec.stream, doc: spec.doc)
         end,
-        protocol_version: PROTOCOL_VERSION
+        protocol_version: PROTOCOL_VERSION,
+        active_calls: active_calls
       )
     end
 
     def execute(request, call)
       @stats.requests += 1
-      spec, args, ctx = prepare(request, call)
-      raise Failure.new(:INVALID_ARGUMENTS, 'InvalidArguments', "command '#{spec.name}' is a stream command; call it with ExecuteStream") if spec.stream
+      enter_call
+      begin
+        spec, args, ctx = prepare(request, call)
+        raise Failure.new(:INVALID_ARGUMENTS, 'InvalidArguments', "command '#{spec.name}' is a stream command; call it with ExecuteStream") if spec.stream
 
-      V1::ExecuteResponse.new(result: invoke(spec, args, ctx))
+        V1::ExecuteResponse.new(result: invoke(spec, args, ctx))
+      ensure
+        leave_call
+      end
     rescue Failure => e
       fail_with(e)
     end
 
     def execute_stream(request, call)
       @stats.requests += 1
-      spec, args, ctx = prepare(request, call)
-      # A unary command streamed: its result is the one chunk.
-      return [V1::ExecuteStreamResponse.new(chunks: [invoke(spec, args, ctx)])] unless spec.stream
+      enter_call
+      handed = false
+      begin
+        spec, args, ctx = prepare(request, call)
+        # A unary command streamed: its result is the one chunk.
+        return [V1::ExecuteStreamResponse.new(chunks: [invoke(spec, args, ctx)])] unless spec.stream
 
-      run_stream(spec, args, ctx, call)
+        handed = true
+        run_stream(spec, args, ctx, call)
+      ensure
+        leave_call unless handed
+      end
     rescue Failure => e
       fail_with(e)
     end
@@ -145,6 +165,19 @@ module SnakepitBridge
         raise Failure.new(:SESSION_ERROR, cause.type, "on_session_end failed for session '#{session_id}': #{cause.message}", cause.traceback)
       end
       true
+    end
+
+    def enter_call
+      @streams_lock.synchronize { @calling += 1 }
+    end
+
+    def leave_call
+      @streams_lock.synchronize { @calling -= 1 }
+    end
+
+    # Calls running handler code: those in their gRPC thread and the streams whose producer runs.
+    def active_calls
+      @streams_lock.synchronize { @calling + @streams.size }
     end
 
     def session_count
@@ -249,7 +282,11 @@ module SnakepitBridge
     def run_stream(spec, args, ctx, call)
       queue = ChunkQueue.new
       run = StreamRun.new(ctx, queue)
-      @streams_lock.synchronize { @streams[run] = true }
+      # NOTE: one step, so the call is never counted twice nor not at all.
+      @streams_lock.synchronize do
+        @streams[run] = true
+        @calling -= 1
+      end
       @stats.streams_started += 1
       CloseWatch.watch(call) { run.cancel! unless run.finished }
       run.producer = Thread.new { produce(spec, args, ctx, queue, run) }

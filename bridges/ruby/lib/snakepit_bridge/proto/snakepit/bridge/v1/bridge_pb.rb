@@ -48,6 +48,7 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
       optional :handler, :string, 4
       repeated :commands, :message, 5, "snakepit.bridge.v1.CommandInfo"
       optional :protocol_version, :string, 6
+      optional :active_calls, :int32, 7
     end
     add_message "snakepit.bridge.v1.ErrorDetail" do
       optional :kind, :enum, 1, "snakepit.bridge.v1.ErrorDetail.Kind"

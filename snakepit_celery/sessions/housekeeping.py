@@ -1,0 +1,235 @@
+"""The owner's periodic work: keep the lease, take over the dead, release, expire.
+
+Every tick (a fraction of a second) the housekeeper of each worker:
+
+* renews its lease every ``lease_ttl / 4``; if it finds it was declared dead
+  (stalled longer than the lease), it drops its sessions and registers anew;
+* claims workers whose lease lapsed: one claimer per dead worker (atomic in
+  Redis) restores the messages the dead one had prefetched (Redis broker),
+  then hands each of its sessions to the least-loaded live worker, whose wake
+  thread re-binds it; the new bridge is initialised from the stored session
+  data on the session's next call (the pool's ``session_loader``);
+* adopts orphans: sessions no live worker of their pool could take;
+* releases consumers of idle sessions (Redis broker), and for a few seconds
+  after, checks their queues for calls sent just as it released;
+* expires sessions whose data has expired: consumer off, queue deleted if
+  empty, bridge state dropped, route removed. A call that arrives meanwhile
+  keeps the session alive instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+import redis
+
+from snakepit_celery.sessions.broker import BrokerOps
+from snakepit_celery.sessions.wirejson import loads
+
+if TYPE_CHECKING:
+    from snakepit_celery.sessions.manager import SessionManager
+
+__all__ = ["Housekeeper"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two ticks.
+TICK = 0.25
+#: Seconds a claimer may take before others adopt a dead worker's sessions themselves.
+FAILOVER_GRACE = 30.0
+#: Seconds an expiring session waits for its last calls to finish.
+EXPIRY_DRAIN = 30.0
+#: Seconds after a consumer is cancelled before its queue counts as settled
+#: (a BRPOP sent before the cancel has answered by then: kombu's timeout is 1 s).
+SETTLE = 1.2
+
+
+class Housekeeper:
+    """The periodic work of one :class:`SessionManager`."""
+
+    def __init__(self, manager: SessionManager) -> None:
+        self.m = manager
+        self.broker = BrokerOps(manager.app, manager.prefix)
+        self._next_beat = 0.0
+        self._next_expiry = 0.0
+        self._idle: float | None = None
+
+    def run(self) -> None:
+        m = self.m
+        try:
+            self._idle = m.settings.consumer_idle_for(self.broker.is_redis)
+        except Exception as exc:  # the broker is down at start; decide when it is back
+            log.warning("snakepit: sessions: broker not reachable yet: %s", exc)
+        while not m.stopping.wait(TICK):
+            try:
+                self.tick()
+            except (redis.RedisError, OSError) as exc:
+                log.warning("snakepit: sessions housekeeping: %s", exc)
+                self.broker.close()
+            except Exception:
+                log.exception("snakepit: sessions housekeeping failed")
+                self.broker.close()
+        self.broker.close()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self._idle is None:
+            self._idle = self.m.settings.consumer_idle_for(self.broker.is_redis)
+        if now >= self._next_beat:
+            self._next_beat = now + self.m.settings.heartbeat_interval
+            self.beat()
+            self.take_over_dead()
+            self.adopt_orphans()
+        if self._idle:
+            self.release_idle(now)
+            self.check_released(now)
+        if now >= self._next_expiry:
+            self._next_expiry = now + self.m.settings.expiry_interval
+            self.expire()
+
+    # -- lease and failover ----------------------------------------------------------
+
+    def beat(self) -> None:
+        m = self.m
+        lease_ms = int(m.settings.lease_ttl * 1000)
+        if m.leases.heartbeat(m.worker_id, m.pools, lease_ms):
+            return
+        log.warning("snakepit: worker %s was declared dead (stalled?); dropping its sessions", m.worker_id)
+        with m.lock:
+            lost = list(m.sessions)
+        for session_id in lost:
+            m.drop_local(session_id)
+        m.register()
+
+    def take_over_dead(self) -> None:
+        m = self.m
+        for dead in m.leases.dead_workers():
+            if dead == m.worker_id:
+                continue
+            sessions = m.leases.claim(dead)
+            if sessions is None:
+                continue  # another worker claimed it
+            log.warning("snakepit: worker %s is gone; taking over its %d session(s)", dead, len(sessions))
+            # Before anyone consumes these queues again, or a message would run twice.
+            restored = self.broker.restore_unacked(sessions)
+            for session_id in sessions:
+                if self.broker.is_redis:
+                    self.recover_lost(session_id, restored.get(session_id, 0))
+                m.leases.adopt(session_id)
+
+    def recover_lost(self, session_id: str, restored: int) -> None:
+        """Republish journaled calls of a dead owner's session that are nowhere else."""
+        m = self.m
+        journal = m.leases.journal(session_id)
+        if not journal:
+            return
+        # Younger entries may belong to callers still between routing and publishing.
+        horizon = m.leases.now_ms() - int(m.settings.expiry_grace * 1000)
+        present = self.broker.queued_ids(session_id)
+        pool = m.leases.route_of(session_id).get("pool")
+        lost = []
+        for _seq, routed_ms, task_id, raw in journal:
+            if routed_ms < horizon and task_id not in present:
+                command, args, options = loads(raw)
+                options["pool"] = pool
+                lost.append((task_id, [session_id, command, args], options))
+        self.broker.recover_lost(session_id, lost, restored)
+
+    def adopt_orphans(self) -> None:
+        m = self.m
+        for pool in m.pools:
+            for session_id in m.leases.orphans(pool):
+                m.leases.adopt(session_id, grace_ms=int(FAILOVER_GRACE * 1000))
+
+    # -- idle release ---------------------------------------------------------------------
+
+    def release_idle(self, now: float) -> None:
+        m = self.m
+        assert self._idle
+        with m.lock:
+            idle = [
+                s.session_id
+                for s in m.sessions.values()
+                if s.consuming and s.inflight == 0 and now - s.last_used > self._idle
+            ]
+        for session_id in idle:
+            # Callers that read "inactive" from now on wake us; the cooling checks
+            # catch calls sent by those that read "active" just before.
+            if m.leases.set_active(session_id, m.worker_id, False) is None:
+                m.drop_local(session_id)  # no longer ours
+                continue
+            with m.lock:
+                local = m.sessions.get(session_id)
+                if local is None or local.inflight:
+                    continue
+                local.consuming = False
+                local.released_at = now
+            log.debug("snakepit: session %s idle; consumer released", session_id)
+            m.switch.cancel(session_id)
+
+    def check_released(self, now: float) -> None:
+        m = self.m
+        cooling = m.settings.release_cooling + SETTLE
+        with m.lock:
+            recent = [
+                s.session_id
+                for s in m.sessions.values()
+                if not s.consuming and s.released_at is not None and now - s.released_at < cooling
+            ]
+        for session_id in recent:
+            if self.broker.size(session_id):
+                m.activate(session_id)
+
+    # -- expiry -----------------------------------------------------------------------------
+
+    def expire(self) -> None:
+        m = self.m
+        with m.lock:
+            mine = list(m.sessions)
+        if not mine:
+            return
+        with m.redis.pipeline(transaction=False) as pipe:
+            for session_id in mine:
+                pipe.exists(m.leases.key("session", session_id))
+            alive = pipe.execute()
+        for session_id, exists in zip(mine, alive, strict=True):
+            if not exists and not m.stopping.is_set():
+                self.expire_one(session_id)
+
+    def expire_one(self, session_id: str) -> None:
+        m = self.m
+        grace_ms = int(m.settings.expiry_grace * 1000)
+        status = m.leases.expire_begin(session_id, m.worker_id, grace_ms)
+        if status == "notmine":
+            m.drop_local(session_id)
+            return
+        if status != "closing":
+            return
+        log.info("snakepit: session %s expired; closing it", session_id)
+        done = threading.Event()
+        with m.lock:
+            local = m.sessions.get(session_id)
+            if local is not None:
+                local.consuming = False
+        m.switch.cancel(session_id, done)
+        done.wait(5)
+        deadline = time.monotonic() + EXPIRY_DRAIN
+        m.stopping.wait(SETTLE)
+        while m.lines.waiting(session_id) and time.monotonic() < deadline:
+            m.stopping.wait(0.05)
+        route = m.leases.route_of(session_id)
+        if route.get("owner") != m.worker_id:
+            m.drop_local(session_id)
+            return
+        if route.get("state") != "closing" or not self.broker.delete_if_empty(session_id):
+            # A call came after all: the session lives on.
+            m.leases.expire_abort(session_id, m.worker_id)
+            m.activate(session_id)
+            return
+        m.drop_local(session_id)
+        m.leases.forget(session_id, m.worker_id)
+        m.store.delete_session(session_id)  # its index entry
+        log.info("snakepit: session %s closed", session_id)

@@ -1,0 +1,256 @@
+"""One worker's sessions: its lease, the calls it runs, wake-ups and hand-overs.
+
+The :class:`SessionManager` lives as long as the worker. Three threads touch it:
+
+* the consumer's thread, which sees each session message arrive, in queue
+  order (:meth:`received`), and switches queue consumers (:class:`QueueSwitch`);
+* the pool's threads, which run calls (:meth:`run_call`), one at a time per
+  session and in arrival order;
+* its own threads: the wake thread (binds and wakes sessions named in this
+  worker's wake list) and the housekeeper (:mod:`.housekeeping`: lease,
+  failover, idle release, expiry).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import redis
+from celery.exceptions import Ignore, Reject
+from celery.states import READY_STATES
+
+from snakepit_celery.sessions.consumer import LocalSession, QueueSwitch
+from snakepit_celery.sessions.lease import LeaseTable
+from snakepit_celery.sessions.ordering import SessionLines
+from snakepit_celery.sessions.routing import session_queue_name
+from snakepit_celery.sessions.settings import SessionSettings
+from snakepit_celery.sessions.store import SessionStore
+
+__all__ = ["TASK_NAME", "SessionManager", "session_id_of"]
+
+log = logging.getLogger(__name__)
+
+#: The session task's name (its messages are the ones this module watches).
+TASK_NAME = "snakepit.execute_in_session"
+
+
+def session_id_of(args: Any, kwargs: Any) -> str | None:
+    """The session id of a session call's arguments (None if there is none)."""
+    if isinstance(kwargs, dict) and isinstance(kwargs.get("session_id"), str):
+        return str(kwargs["session_id"])
+    if args and isinstance(args[0], str):
+        return str(args[0])
+    return None
+
+
+class SessionManager:
+    """The sessions this worker owns.
+
+    Args:
+        app: the Celery app.
+        redis_url: the sessions Redis.
+        prefix: the queue prefix.
+        pools: names of the pools this worker hosts.
+        hostname: the worker's node name (``celery@host``).
+        settings: lease, release and expiry tunables.
+        host: returns the worker's ``PoolHost`` (for the bridges).
+    """
+
+    def __init__(
+        self,
+        app: Any,
+        *,
+        redis_url: str,
+        prefix: str,
+        pools: list[str],
+        hostname: str,
+        settings: SessionSettings,
+        host: Callable[[], Any],
+    ) -> None:
+        self.app = app
+        self.prefix = prefix
+        self.pools = list(pools)
+        self.hostname = hostname
+        self.settings = settings
+        self.host = host
+        #: This process' worker id: a new one per run, so a restarted worker
+        #: never mistakes the sessions of its previous life for its own.
+        self.worker_id = f"{hostname}#{secrets.token_hex(4)}"
+        self.redis: Any = redis.Redis.from_url(redis_url)
+        self.leases = LeaseTable(self.redis, prefix)
+        self.store = SessionStore(self.redis, prefix=prefix, default_ttl=settings.session_ttl)
+        self.lines = SessionLines()
+        self.switch = QueueSwitch(prefix)
+        self.sessions: dict[str, LocalSession] = {}
+        self.lock = threading.RLock()
+        self.stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # -- life ----------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Take the lease and start the wake and housekeeping threads."""
+        from snakepit_celery.sessions.housekeeping import Housekeeper
+
+        self.register()
+        keeper = Housekeeper(self)
+        for name, target in (("wake", self._wake_loop), ("housekeeping", keeper.run)):
+            thread = threading.Thread(target=target, name=f"snakepit-sessions-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def register(self) -> None:
+        lease_ms = int(self.settings.lease_ttl * 1000)
+        self.leases.heartbeat(self.worker_id, self.pools, lease_ms, first=True)
+
+    def stop(self) -> None:
+        """Stop the threads and hand every session to the other workers."""
+        self.stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._threads.clear()
+        try:
+            handed = self.leases.leave(self.worker_id)
+            if handed:
+                log.info("snakepit: handed %d session(s) over to other workers", len(handed))
+        except redis.RedisError:
+            log.warning("snakepit: could not hand sessions over; they fail over when the lease lapses")
+
+    # -- consumer thread -------------------------------------------------------------
+
+    def received(self, task_id: str, args: Any, kwargs: Any, has_eta: bool) -> None:
+        """A session message arrived (consumer thread, in queue order)."""
+        session_id = session_id_of(args, kwargs)
+        if session_id is None:
+            return
+        if not has_eta:
+            self.lines.join(session_id, task_id)
+        with self.lock:
+            local = self.sessions.get(session_id)
+            if local is not None:
+                local.inflight += 1
+                local.last_used = time.monotonic()
+
+    def finished(self, session_id: str, task_id: str) -> None:
+        """A session call ended (ran, failed, or was revoked before running)."""
+        self.lines.leave(session_id, task_id)
+        with self.lock:
+            local = self.sessions.get(session_id)
+            if local is not None:
+                local.inflight = max(0, local.inflight - 1)
+                local.last_used = time.monotonic()
+
+    # -- wake thread -------------------------------------------------------------------
+
+    def _wake_loop(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                item = self.leases.pop_wake(self.worker_id, timeout=1.0)
+            except redis.RedisError as exc:
+                log.warning("snakepit: session wake-ups: %s", exc)
+                self.stopping.wait(1.0)
+                continue
+            if item is not None:
+                self.activate(item[1])
+
+    def activate(self, session_id: str) -> bool:
+        """Consume the session's queue if this worker owns it; True if it does."""
+        pool = self.leases.set_active(session_id, self.worker_id, True)
+        if pool is None:
+            return False
+        with self.lock:
+            local = self.sessions.get(session_id)
+            if local is None:
+                local = LocalSession(session_id, pool)
+                self.sessions[session_id] = local
+                # Bound here for the first time: its data must exist for expiry to apply.
+                self.store.create_session(session_id)
+                log.info("snakepit: session %s bound here (pool %s)", session_id, pool)
+            local.last_used = time.monotonic()
+            local.released_at = None
+            if local.consuming:
+                return True
+            local.consuming = True
+            log.debug("snakepit: consuming session %s", session_id)
+        self.switch.add(session_id)
+        return True
+
+    # -- pool threads ------------------------------------------------------------------
+
+    def run_call(
+        self,
+        task: Any,
+        session_id: str,
+        command: str,
+        args: Any,
+        *,
+        pool: str | None,
+        timeout: float | None,
+        idempotent: bool,
+    ) -> Any:
+        """Run one session call on the session's bridge, in its turn.
+
+        Raises:
+            Reject: this worker does not own the session (the message goes back).
+            Ignore: the call already ran (a redelivered duplicate), or it came
+                on a queue other than its session's and was forwarded there.
+        """
+        request = task.request
+        task_id = request.id
+        delivery = request.delivery_info or {}
+        try:
+            if delivery.get("routing_key") not in (None, session_queue_name(self.prefix, session_id)):
+                # Sent around the router (a hand-set queue): hand it to its session
+                # queue under the same id, so the caller's result still arrives.
+                task.apply_async(
+                    (session_id, command, args),
+                    {"pool": pool, "timeout": timeout, "idempotent": idempotent},
+                    task_id=task_id,
+                )
+                raise Ignore()
+            self.lines.wait_turn(session_id, task_id)
+            if delivery.get("redelivered") and task.AsyncResult(task_id).state in READY_STATES:
+                raise Ignore()  # it ran before its owner died, only the ack was lost
+            status, bound_pool = self.leases.begin_call(session_id, self.worker_id, time.time(), task_id)
+            if status == "notmine":
+                raise Reject(f"session {session_id!r} is not owned by {self.worker_id}", requeue=True)
+            if status == "missing":
+                self.store.create_session(session_id)  # expired just now; the call revives it
+            with self.lock:
+                if session_id not in self.sessions:
+                    self.sessions[session_id] = LocalSession(session_id, bound_pool, consuming=True)
+            return (
+                self.host()
+                .pool(bound_pool or pool)
+                .execute(
+                    command,
+                    args,
+                    timeout=timeout,
+                    session_id=session_id,
+                    request_id=task_id,
+                    idempotent=idempotent,
+                )
+            )
+        finally:
+            self.finished(session_id, task_id)
+
+    # -- leaving -----------------------------------------------------------------------
+
+    def drop_local(self, session_id: str, *, end_bridge: bool = True) -> None:
+        """Forget a session here: consumer off, line cleared, bridge state dropped."""
+        with self.lock:
+            local = self.sessions.pop(session_id, None)
+        done = threading.Event()
+        self.switch.cancel(session_id, done)
+        done.wait(5)
+        self.lines.drop(session_id)
+        if end_bridge and local is not None:
+            try:
+                self.host().pool(local.pool).end_session(session_id)
+            except Exception as exc:
+                log.warning("snakepit: ending session %s on its bridge: %s", session_id, exc)

@@ -1,0 +1,133 @@
+"""The worker's session machinery as a consumer bootstep.
+
+It starts after the task consumer exists (it adds session queues to it) and
+is told again after every reconnection (the new task consumer knows none of
+them). The session task finds the manager through :func:`current_manager`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from celery import bootsteps, signals
+
+from snakepit_celery.errors import ConfigurationError
+from snakepit_celery.sessions.manager import TASK_NAME, SessionManager, session_id_of
+from snakepit_celery.sessions.settings import settings_for
+from snakepit_celery.sessions.store import SessionStore
+
+__all__ = ["SessionStep", "current_manager", "session_loader_for"]
+
+log = logging.getLogger(__name__)
+
+_lock = threading.Lock()
+_manager: SessionManager | None = None
+
+
+def current_manager() -> SessionManager:
+    """The session manager of this worker process.
+
+    Raises:
+        ConfigurationError: this process is not a worker with snakepit installed.
+    """
+    manager = _manager
+    if manager is None:
+        raise ConfigurationError(
+            "sessions: this process is not a snakepit worker; execute_in_session runs only in a "
+            "worker of an app passed to snakepit_celery.install(app)"
+        )
+    return manager
+
+
+def session_loader_for(app: Any) -> Callable[[str], dict[str, Any] | None] | None:
+    """The pool's ``session_loader``: a session's stored data (programs, metadata),
+    sent to the bridge with InitSession so it can rebuild the session's state."""
+    from snakepit_celery.api import config_for, resolve_redis_url
+
+    config = config_for(app)
+    try:
+        url = resolve_redis_url(app, config)
+    except ConfigurationError:
+        return None  # no Redis: no sessions (the session step says so)
+    store = SessionStore(url, prefix=config.queue_prefix)
+
+    def load(session_id: str) -> dict[str, Any] | None:
+        return store.get_session(session_id)
+
+    return load
+
+
+def _on_received(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
+    manager = _manager
+    if manager is None or request is None or request.name != TASK_NAME:
+        return
+    manager.received(request.id, request.args, request.kwargs, has_eta=bool(request.eta))
+
+
+def _on_revoked(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
+    manager = _manager
+    if manager is None or request is None or getattr(sender, "name", None) != TASK_NAME:
+        return
+    session_id = session_id_of(getattr(request, "args", None), getattr(request, "kwargs", None))
+    if session_id is not None:
+        manager.finished(session_id, request.id)
+
+
+class SessionStep(bootsteps.StartStopStep):  # type: ignore[misc]
+    """Own sessions: lease, session queues, failover and expiry."""
+
+    label = "snakepit-sessions"
+    requires = ("celery.worker.consumer.tasks:Tasks",)
+
+    def __init__(self, c: Any, **kwargs: Any) -> None:
+        super().__init__(c, **kwargs)
+        self.manager: SessionManager | None = None
+
+    def start(self, c: Any) -> None:
+        global _manager
+        if self.manager is None:
+            from snakepit_celery.api import config_for, resolve_redis_url
+            from snakepit_celery.worker import current_host
+
+            config = config_for(c.app)
+            try:
+                redis_url = resolve_redis_url(c.app, config)
+            except ConfigurationError as exc:
+                log.warning("snakepit: sessions are off in this worker: %s", exc)
+                return
+            self.manager = SessionManager(
+                c.app,
+                redis_url=redis_url,
+                prefix=config.queue_prefix,
+                pools=[p.name for p in config.pools],
+                hostname=c.hostname,
+                settings=settings_for(c.app),
+                host=current_host,
+            )
+            signals.task_received.connect(_on_received, weak=False)
+            signals.task_revoked.connect(_on_revoked, weak=False)
+            with _lock:
+                _manager = self.manager
+            self.manager.switch.attach(c)
+            self.manager.start()
+            log.info("snakepit: sessions of %s", self.manager.worker_id)
+        else:
+            self.manager.switch.attach(c)
+
+    def stop(self, c: Any) -> None:
+        if self.manager is not None:
+            self.manager.switch.detach()
+
+    def shutdown(self, c: Any) -> None:
+        global _manager
+        manager, self.manager = self.manager, None
+        if manager is None:
+            return
+        manager.switch.detach()
+        manager.stop()
+        with _lock:
+            if _manager is manager:
+                _manager = None

@@ -1,0 +1,386 @@
+"""Session ownership, routing, ordering and broker operations against a real (private) Redis."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+from kombu import Connection, Consumer, Producer
+
+from snakepit_celery.errors import InvalidArguments, InvalidSessionId
+from snakepit_celery.sessions.lease import LeaseTable
+from snakepit_celery.sessions.ordering import SessionLines
+from snakepit_celery.sessions.routing import parse_call, session_queue
+
+P = "lt"
+
+
+@pytest.fixture
+def table(redis_url: str) -> LeaseTable:
+    return LeaseTable(redis.Redis.from_url(redis_url), P)
+
+
+def register(table: LeaseTable, worker: str, pools: list[str] | None = None, lease_ms: int = 60_000) -> None:
+    assert table.heartbeat(worker, pools or ["python"], lease_ms, first=True)
+
+
+def wakes(table: LeaseTable, worker: str) -> list[str]:
+    return [w.decode() for w in table.redis.lrange(table.key("wake", worker), 0, -1)]
+
+
+def wait_for(condition, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return bool(condition())
+
+
+def test_new_session_binds_to_a_live_worker_and_wakes_it(table: LeaseTable) -> None:
+    register(table, "w1")
+    route = table.route("s1", None, "python")
+    assert (route.status, route.owner, route.pool) == ("bound", "w1", "python")
+    assert wakes(table, "w1") == ["bind s1"]
+    assert table.owned("w1") == {"s1"}
+    # Not consuming yet: the next call wakes the owner again.
+    assert table.route("s1", None, "python").status == "woken"
+    assert table.set_active("s1", "w1", True) == "python"
+    again = table.route("s1", "python", "python")
+    assert (again.status, again.owner) == ("active", "w1")
+
+
+def test_sessions_spread_over_live_workers_of_their_pool(table: LeaseTable) -> None:
+    register(table, "w1")
+    register(table, "w2")
+    register(table, "n1", ["node"])
+    owners = [table.route(f"s{i}", None, "python").owner for i in range(10)]
+    assert owners.count("w1") == 5 and owners.count("w2") == 5
+    assert table.route("js", "node", "python").owner == "n1"
+
+
+def test_a_bound_session_keeps_its_pool(table: LeaseTable) -> None:
+    register(table, "w1")
+    register(table, "n1", ["node"])
+    table.route("s1", "node", "python")
+    assert table.route("s1", "python", "python").status == "pool"
+    assert table.route("s1", None, "python").pool == "node"
+
+
+def test_racing_first_calls_end_with_one_owner(table: LeaseTable) -> None:
+    for w in ("w1", "w2", "w3"):
+        register(table, w)
+    results: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def call() -> None:
+        barrier.wait()
+        results.append(table.route("race", None, "python").owner)
+
+    threads = [threading.Thread(target=call) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(results)) == 1
+    owner = results[0]
+    assert sum(len(table.owned(w)) for w in ("w1", "w2", "w3")) == 1
+    assert wakes(table, owner)[0] == "bind race"
+
+
+def test_without_a_live_worker_a_session_waits_as_an_orphan(table: LeaseTable) -> None:
+    assert table.route("s1", None, "python").status == "orphan"
+    register(table, "w1")
+    assert table.orphans("python") == ["s1"]
+    assert table.adopt("s1") == "w1"
+    assert table.orphans("python") == []
+    assert table.route_of("s1")["state"] == "bound"
+
+
+def test_a_dead_worker_is_claimed_once_and_its_sessions_move(table: LeaseTable) -> None:
+    register(table, "dead", lease_ms=150)
+    for i in range(4):
+        table.route(f"s{i}", None, "python")
+    register(table, "w1")
+    register(table, "w2")
+    assert wait_for(lambda: table.dead_workers() == ["dead"])
+    claims: list[list[str] | None] = []
+    barrier = threading.Barrier(4)
+
+    def claim() -> None:
+        barrier.wait()
+        claims.append(table.claim("dead"))
+
+    threads = [threading.Thread(target=claim) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    won = [c for c in claims if c is not None]
+    assert len(won) == 1 and sorted(won[0]) == ["s0", "s1", "s2", "s3"]
+    # While in failover a caller's call just waits in the queue.
+    assert table.route("s0", None, "python").status == "failover"
+    # Other workers leave a fresh failover to its claimer...
+    assert table.adopt("s0", grace_ms=60_000) is None
+    # ...which hands the sessions out.
+    owners = [table.adopt(f"s{i}") for i in range(4)]
+    assert sorted(owners) == ["w1", "w1", "w2", "w2"]
+    assert not table.redis.exists(table.key("owned", "dead"), table.key("wake", "dead"))
+    # The dead one, should it come back, learns it lost everything.
+    assert table.heartbeat("dead", ["python"], 60_000) is False
+
+
+def test_leaving_hands_sessions_over_at_once(table: LeaseTable) -> None:
+    register(table, "w1")
+    table.route("s1", None, "python")
+    register(table, "w2")
+    assert table.leave("w1") == ["s1"]
+    assert table.route_of("s1")["owner"] == "w2"
+    assert "bind s1" in wakes(table, "w2")
+
+
+def test_begin_call_checks_the_owner_and_refreshes_the_data(table: LeaseTable) -> None:
+    from snakepit_celery.sessions.store import SessionStore
+
+    register(table, "w1")
+    table.route("s1", None, "python")
+    assert table.begin_call("s1", "w1", time.time()) == ("missing", "python")
+    store = SessionStore(table.redis, prefix=P)
+    store.create_session("s1", ttl=100)
+    table.redis.expire(table.key("session", "s1"), 5)
+    assert table.begin_call("s1", "w1", time.time()) == ("ok", "python")
+    assert table.redis.ttl(table.key("session", "s1")) > 90
+    assert table.begin_call("s1", "w2", time.time())[0] == "notmine"
+
+
+def test_expiry_closes_only_an_expired_quiet_session(table: LeaseTable) -> None:
+    from snakepit_celery.sessions.store import SessionStore
+
+    register(table, "w1")
+    store = SessionStore(table.redis, prefix=P)
+    store.create_session("s1", ttl=100)
+    table.route("s1", None, "python")
+    assert table.expire_begin("s1", "w1", 0) == "alive"
+    store.delete_session("s1")
+    assert table.expire_begin("s1", "w1", 60_000) == "recent"
+    assert table.expire_begin("s1", "w2", 0) == "notmine"
+    assert table.expire_begin("s1", "w1", 0) == "closing"
+    assert table.route("s1", None, "python").status == "closing"
+    assert table.expire_abort("s1", "w1")
+    assert table.route_of("s1")["state"] == "bound"
+    assert table.expire_begin("s1", "w1", 0) == "closing"
+    assert table.forget("s1", "w1")
+    assert table.route_of("s1") == {}
+    assert table.owned("w1") == set()
+    assert not table.redis.keys(f"{P}:*s1*")
+
+
+def test_lines_run_calls_in_arrival_order() -> None:
+    lines = SessionLines()
+    for i in range(20):
+        lines.join("s", f"t{i}")
+    ran: list[str] = []
+    lock = threading.Lock()
+
+    def run(task_id: str) -> None:
+        assert lines.wait_turn("s", task_id, timeout=10)
+        with lock:
+            ran.append(task_id)
+        lines.leave("s", task_id)
+
+    threads = [threading.Thread(target=run, args=(f"t{i}",)) for i in reversed(range(20))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert ran == [f"t{i}" for i in range(20)]
+    assert lines.waiting("s") == 0
+    assert lines.wait_turn("s", "never-joined")  # not in a line: no wait
+
+
+def test_a_revoked_call_leaves_the_line() -> None:
+    lines = SessionLines()
+    lines.join("s", "a")
+    lines.join("s", "b")
+    assert not lines.wait_turn("s", "b", timeout=0.05)
+    lines.leave("s", "a")  # revoked before it ran
+    assert lines.wait_turn("s", "b", timeout=0.05)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "error"),
+    [
+        (("", "ping", {}), None, InvalidSessionId),
+        (("x" * 129, "ping", {}), None, InvalidSessionId),
+        (("a b", "ping", {}), None, InvalidSessionId),
+        (("a:b", "ping", {}), None, InvalidSessionId),
+        (("a*", "ping", {}), None, InvalidSessionId),
+        ((None, "ping", {}), None, InvalidSessionId),
+        (("s1",), None, InvalidArguments),
+        (("s1", "ping", {}, 4), None, InvalidArguments),
+        (("s1", "ping"), {"pool": "bad pool"}, InvalidArguments),
+        (("s1", "ping"), {"command": "x"}, InvalidArguments),
+    ],
+)
+def test_bad_calls_are_refused_with_the_reason(args, kwargs, error) -> None:
+    with pytest.raises(error) as info:
+        parse_call(args, kwargs)
+    assert str(info.value)
+
+
+def test_parse_call_names_everything() -> None:
+    sid, named = parse_call(("user_123", "set_counter", {"value": 1}), {"timeout": 5})
+    assert sid == "user_123"
+    assert named == {"session_id": "user_123", "command": "set_counter", "args": {"value": 1}, "timeout": 5}
+
+
+# -- broker operations on a Redis broker ----------------------------------------------------
+
+
+class _App:
+    """Just what BrokerOps asks of a Celery app."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+        class conf:
+            task_default_exchange = "celery"
+
+        self.conf = conf
+
+    def connection_for_write(self) -> Connection:
+        return Connection(self.url)
+
+
+def test_restore_unacked_puts_a_dead_owners_messages_back_in_order(redis_url: str) -> None:
+    from snakepit_celery.sessions.broker import BrokerOps
+
+    queue = session_queue(P, "s1")
+    with Connection(redis_url) as conn:
+        producer = Producer(conn.channel())
+        for i in range(5):
+            producer.publish({"n": i}, exchange="", routing_key=queue.name, serializer="json")
+        # The "owner": takes three without acking, then dies (its connection is
+        # simply abandoned: nothing is restored at close).
+        owner = Connection(redis_url)
+        channel = owner.channel()
+        channel.qos.restore_at_shutdown = False
+        got: list[int] = []
+        consumer = Consumer(channel, [queue], callbacks=[lambda body, msg: got.append(body["n"])])
+        consumer.qos(prefetch_count=3)
+        consumer.consume()
+        while len(got) < 3:
+            owner.drain_events(timeout=2)
+        assert got == [0, 1, 2]
+        assert conn.default_channel.client.hlen("unacked") == 3
+        ops = BrokerOps(_App(redis_url), P)
+        try:
+            assert ops.restore_unacked(["s1", "other"]) == {"s1": 3}
+            assert ops.size("s1") == 5
+            assert ops.delete_if_empty("s1") is False
+        finally:
+            ops.close()
+        owner.release()
+        # Everything comes back, in the original order.
+        with Connection(redis_url) as again:
+            order: list[int] = []
+            c2 = Consumer(again.channel(), [queue], callbacks=[lambda b, m: (order.append(b["n"]), m.ack())])
+            c2.consume()
+            while len(order) < 5:
+                again.drain_events(timeout=2)
+        assert order == [0, 1, 2, 3, 4]
+
+
+def test_delete_if_empty_leaves_no_key(redis_url: str) -> None:
+    from snakepit_celery.sessions.broker import BrokerOps
+
+    client = redis.Redis.from_url(redis_url)
+    queue = session_queue(P, "s2")
+    with Connection(redis_url) as conn:
+        Producer(conn.channel()).publish({"n": 1}, exchange="", routing_key=queue.name, priority=5)
+        # A binding somebody made by hand, to an exchange named after the queue.
+        bound = queue.__class__(queue.name, exchange=queue.name, routing_key=queue.name)
+        bound(conn.channel()).declare()
+        assert client.keys("_kombu.binding.*")
+        ops = BrokerOps(_App(redis_url), P)
+        try:
+            assert ops.size("s2") == 1
+            assert ops.delete_if_empty("s2") is False
+            msg = conn.SimpleQueue(queue).get(timeout=2)
+            msg.ack()
+            assert ops.delete_if_empty("s2") is True
+        finally:
+            ops.close()
+    left = [k for k in client.keys("*") if b"s2" in k]
+    assert left == []
+
+
+def test_a_call_lost_in_flight_to_a_dead_owner_is_republished_in_order(redis_url: str) -> None:
+    """kombu's Redis BRPOP takes a message off the list before the worker records
+    it as unacked: the dead owner here had #1 unacked, had taken #2 off the list
+    when it died (lost in flight), and #3 was still queued. The claimer puts all
+    three back, in order."""
+    from celery import Celery
+
+    from snakepit_celery import SnakepitConfig, install
+    from snakepit_celery.sessions import SessionSettings, configure_sessions
+    from snakepit_celery.sessions.housekeeping import Housekeeper
+    from snakepit_celery.sessions.manager import SessionManager
+
+    app = Celery("lost", broker=redis_url, backend=redis_url, set_as_current=False)
+    install(app, SnakepitConfig(queue_prefix=P))
+    settings = SessionSettings(expiry_grace=0.2, lease_ttl=3)
+    configure_sessions(app, settings)
+    table = LeaseTable(redis.Redis.from_url(redis_url), P)
+    register(table, "dead", lease_ms=300)
+    call = app.tasks["snakepit.execute_in_session"]
+    sent = [call.delay("s1", "increment_counter", {"by": i}).id for i in (1, 2, 3)]
+    queue = session_queue(P, "s1")
+    client = redis.Redis.from_url(redis_url)
+    owner = Connection(redis_url)
+    channel = owner.channel()
+    channel.qos.restore_at_shutdown = False
+    got: list[str] = []
+    consumer = Consumer(channel, [queue], callbacks=[lambda body, msg: got.append(msg.headers["id"])])
+    consumer.qos(prefetch_count=1)
+    consumer.consume()
+    while not got:
+        owner.drain_events(timeout=2)
+    assert got == [sent[0]]  # #1: unacked
+    assert client.rpop(queue.name)  # #2: taken off the list by the owner, which then died
+    manager = SessionManager(
+        app,
+        redis_url=redis_url,
+        prefix=P,
+        pools=["python"],
+        hostname="w1@test",
+        settings=settings,
+        host=lambda: None,
+    )
+    manager.register()
+    keeper = Housekeeper(manager)
+    try:
+        assert wait_for(lambda: table.dead_workers() == ["dead"])
+        time.sleep(0.3)  # past the journal horizon (a condition on Redis' clock, not a wait for work)
+        keeper.take_over_dead()
+        assert table.route_of("s1")["owner"] == manager.worker_id
+        order = []
+        with Connection(redis_url) as again:
+            c2 = Consumer(
+                again.channel(),
+                [queue],
+                callbacks=[lambda body, msg: (order.append((msg.headers["id"], body)), msg.ack())],
+            )
+            c2.consume()
+            while len(order) < 3:
+                again.drain_events(timeout=2)
+        assert [task_id for task_id, _ in order] == sent
+        # Sent by name; the republished one positionally, its pool resolved.
+        assert [(b[1].get("args") or b[0][2]) for _, b in order] == [{"by": 1}, {"by": 2}, {"by": 3}]
+        assert order[1][1][1]["pool"] == "python"
+    finally:
+        keeper.broker.close()
+        owner.release()
+        app.close()

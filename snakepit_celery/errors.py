@@ -17,7 +17,8 @@
     │   ├── InvalidArguments        arguments refused (not JSON, wrong names...)
     │   │   └── PayloadTooLarge     over the configured size limit
     │   ├── CommandTimeout          past its hard timeout; the bridge was replaced
-    │   └── CommandCancelled        cancelled by the caller
+    │   ├── CommandCancelled        cancelled by the caller
+    │   └── BatchItemError          one item of a batch failed; carries its index
     ├── SessionError
     │   ├── InvalidSessionId        unfit for a queue name or a Redis key
     │   └── SessionNotFound         unknown or expired session
@@ -31,6 +32,7 @@ positionally, because Celery's JSON result backend rebuilds an exception as
 from __future__ import annotations
 
 __all__ = [
+    "BatchItemError",
     "BridgeCrashed",
     "BridgeStartError",
     "CommandCancelled",
@@ -149,6 +151,53 @@ class CommandTimeout(ExecutionError):
 
 class CommandCancelled(ExecutionError):
     """The caller cancelled the call."""
+
+
+class BatchItemError(ExecutionError):
+    """One item of a batch (``execute_batch``, ``batch_map``) failed, and so did the batch.
+
+    ``retryable`` follows the item's own error: True when it was an
+    infrastructure error (a crashed bridge, a queue timeout...).
+
+    Args:
+        message: the item's error message.
+        index: the item's position in the input (of the whole map), from 0.
+        error_class: the class of the item's error, e.g. ``"CommandError"``.
+        remote_type: the remote exception type, e.g. ``"ZeroDivisionError"``.
+        remote_traceback: the remote traceback as text.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        index: int = -1,
+        error_class: str = "",
+        remote_type: str = "",
+        remote_traceback: str = "",
+    ) -> None:
+        super().__init__(message, index, error_class, remote_type, remote_traceback)
+        cause = globals().get(str(error_class))
+        self.retryable = isinstance(cause, type) and issubclass(cause, InfrastructureError)
+
+    @property
+    def index(self) -> int:
+        return int(self.args[1])
+
+    @property
+    def error_class(self) -> str:
+        return str(self.args[2])
+
+    @property
+    def remote_type(self) -> str:
+        return str(self.args[3])
+
+    @property
+    def remote_traceback(self) -> str:
+        return str(self.args[4])
+
+    def __str__(self) -> str:
+        kind = self.remote_type or self.error_class
+        return f"item {self.args[1]}: {kind + ': ' if kind else ''}{self.message}"
 
 
 class SessionError(SnakepitError):

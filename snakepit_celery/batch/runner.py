@@ -1,0 +1,125 @@
+"""Run batches through a pool with exactly as many calls in flight as it has bridges.
+
+Every batch running in a worker process feeds the same few threads per pool
+(one per bridge), instead of each batch task starting threads of its own:
+with several chunks running at once (a worker's concurrency is usually above
+its bridge count), per-task threads would put many times more callers than
+bridges on the pool's checkout queue, and the extra threads only fight over
+the GIL. The threads take batches first come, first served, and items within
+a batch in input order; an idle thread ends after :data:`IDLE_EXIT` seconds
+and a new one starts when work comes.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from snakepit_celery.batch.items import Batch
+from snakepit_celery.errors import PoolClosed
+
+if TYPE_CHECKING:
+    from snakepit_celery.pool import BridgePool
+
+__all__ = ["IDLE_EXIT", "BatchCall", "runner_for"]
+
+#: Seconds a runner thread waits for work before it ends.
+IDLE_EXIT = 10.0
+
+
+class BatchCall:
+    """A batch and how to call each of its items on the pool."""
+
+    def __init__(
+        self,
+        batch: Batch,
+        command: str,
+        *,
+        timeout: float | None = None,
+        session_id: str | None = None,
+        request_id: str | None = None,
+        idempotent: bool = False,
+    ) -> None:
+        self.batch = batch
+        self.command = command
+        self.timeout = timeout
+        self.session_id = session_id
+        self.request_id = request_id
+        self.idempotent = idempotent
+
+    def run_one(self, pool: BridgePool) -> bool:
+        """Run the batch's next item; False when it has no item left to claim."""
+        batch = self.batch
+        index = batch.claim()
+        if index is None:
+            return False
+        try:
+            value = pool.execute(
+                self.command,
+                batch.items[index],
+                timeout=self.timeout,
+                session_id=self.session_id,
+                request_id=self.request_id,
+                idempotent=self.idempotent,
+            )
+        except Exception as exc:  # every failure belongs to its item; the batch decides
+            batch.finish(index, exc=exc)
+        else:
+            batch.finish(index, value)
+        return True
+
+
+class PoolRunner:
+    """The batch threads of one pool (one per bridge)."""
+
+    def __init__(self, pool: BridgePool) -> None:
+        # NOTE: a weak reference, so the runners' table does not keep a closed pool alive.
+        self._pool = weakref.ref(pool)
+        self.name = pool.name
+        self.size = pool.config.size
+        self._calls: deque[BatchCall] = deque()
+        self._cond = threading.Condition()
+        self._threads = 0
+
+    def submit(self, call: BatchCall) -> None:
+        """Queue a batch; its ``finished`` event is set when it is done."""
+        if call.batch.finished.is_set():
+            return
+        with self._cond:
+            self._calls.append(call)
+            wanted = min(self.size, sum(len(c.batch.items) for c in self._calls))
+            while self._threads < wanted:
+                self._threads += 1
+                threading.Thread(target=self._loop, name=f"snakepit-batch-{self.name}", daemon=True).start()
+            self._cond.notify_all()
+
+    def _loop(self) -> None:
+        pool = self._pool()
+        while True:
+            with self._cond:
+                while not self._calls:
+                    if not self._cond.wait(IDLE_EXIT) and not self._calls:
+                        self._threads -= 1
+                        return
+                call = self._calls[0]
+            if pool is None:
+                call.batch.stop(PoolClosed(f"pool {self.name!r} is closed"))
+            if pool is None or not call.run_one(pool):
+                with self._cond:
+                    if self._calls and self._calls[0] is call:
+                        self._calls.popleft()
+
+
+_runners: weakref.WeakKeyDictionary[Any, PoolRunner] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def runner_for(pool: BridgePool) -> PoolRunner:
+    """The runner of ``pool`` in this process (made on first use)."""
+    with _lock:
+        runner = _runners.get(pool)
+        if runner is None:
+            runner = _runners[pool] = PoolRunner(pool)
+        return runner

@@ -1,0 +1,1 @@
+"""The example app: views that call bridge commands through ``snakepit.execute``."""

@@ -20,7 +20,8 @@ logged by Celery and never reaches the call.
 Every finished call is also written as one structured log line on the
 ``snakepit_celery.requests`` logger, with the Celery task id and the session
 id, as ``key=value`` text and as ``extra={"snakepit": {...}}`` for JSON
-log formatters.
+log formatters: DEBUG for a successful call, INFO for a failed one, WARNING
+for a crash, a timeout or a refused call.
 """
 
 from __future__ import annotations
@@ -77,7 +78,12 @@ class SignalTelemetry(Telemetry):
             "task_id": request_id,
             "session_id": session_id,
         }
-        level = logging.WARNING if outcome in _WARN_OUTCOMES else logging.INFO
+        # A successful call is DEBUG: Celery already logs every task at INFO, and
+        # a second INFO line per call doubles the log volume of a busy worker.
+        if outcome in _WARN_OUTCOMES:
+            level = logging.WARNING
+        else:
+            level = logging.DEBUG if outcome == "ok" else logging.INFO
         if request_logger.isEnabledFor(level):
             request_logger.log(
                 level,

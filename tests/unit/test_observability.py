@@ -67,7 +67,7 @@ def test_a_real_host_sends_signals_logs_and_metrics_that_agree_with_its_stats(
     telemetry = WorkerTelemetry(config)
     started = Received(signals.bridge_initialized)
     finished = Received(signals.request_finished)
-    caplog.set_level(logging.INFO, logger="snakepit_celery")
+    caplog.set_level(logging.DEBUG, logger="snakepit_celery")
     try:
         with PoolHost(config, host_key="celery@observability", telemetry=telemetry) as host:
             telemetry.serve(host)
@@ -95,6 +95,10 @@ def test_a_real_host_sends_signals_logs_and_metrics_that_agree_with_its_stats(
 
             lines = [r for r in caplog.records if r.name == "snakepit_celery.requests"]
             assert [r.snakepit["task_id"] for r in lines] == ["t-1", "t-2", "t-3"]  # type: ignore[attr-defined]
+            # A successful call is DEBUG, a failed one INFO or above.
+            assert [r.levelno > logging.DEBUG for r in lines] == [
+                r.snakepit["outcome"] != "ok" for r in lines
+            ]  # type: ignore[attr-defined]
             assert "task_id=t-3 session_id=s-9" in lines[2].getMessage()
             assert "command=compute outcome=ok" in lines[0].getMessage()
 

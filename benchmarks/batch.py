@@ -9,7 +9,10 @@ results (both chord bodies return the full list):
 * (a) ``chord([execute.s("compute", item) for item in items], collect.s())``;
 * (b) ``batch_map("compute", items)`` with its default chunk size;
 * (c) for scale, the same items straight through a ``BridgePool`` of the same
-  size in this process (no Celery at all): the most (b) could reach.
+  size in this process (no Celery at all), one ``execute`` (one gRPC call) per
+  item: the ceiling of a map with one call per item;
+* (d) the same pool with ``execute_batch`` slices of the size the map's runner
+  uses, one slice per bridge in flight: the ceiling of (b).
 
 Targets (issue 8): (b) >= 20x (a), and (b) > 2,000 items/s on one worker.
 The load average is printed with the table: other work on the machine slows
@@ -90,33 +93,46 @@ def mapped(app: Celery, n: int) -> float:
     return n / elapsed
 
 
-def pool_alone(n: int, size: int) -> float:
-    """Items per second through a BridgePool in this process, ``size`` threads: the ceiling."""
+def pool_alone(n: int, size: int) -> tuple[float, float]:
+    """Items per second through a BridgePool in this process, ``size`` threads: the ceilings.
+
+    (one execute per item, execute_batch slices as the map's runner cuts them)
+    """
     import itertools
     import tempfile
     import threading
+    from collections.abc import Callable
 
+    from snakepit_celery.batch.runner import slice_size
     from snakepit_celery.pool import BridgePool
 
     items = items_for(n)
+    step = slice_size(n, size)
     with tempfile.TemporaryDirectory(prefix="bb-") as tmp:
         pool = BridgePool(PoolConfig(name="ceiling", size=size), run_dir=Path(tmp) / "r", run_id="bench")
         pool.start()
         try:
             pool.execute("compute", items[0])
-            counter = itertools.count()
 
-            def run() -> None:
+            def timed(work: Callable[[itertools.count[int]], None]) -> float:
+                counter = itertools.count()
+                threads = [threading.Thread(target=work, args=(counter,)) for _ in range(size)]
+                started = time.perf_counter()
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join()
+                return n / (time.perf_counter() - started)
+
+            def one_by_one(counter: itertools.count[int]) -> None:
                 while (i := next(counter)) < n:
                     pool.execute("compute", items[i])
 
-            threads = [threading.Thread(target=run) for _ in range(size)]
-            started = time.perf_counter()
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-            return n / (time.perf_counter() - started)
+            def sliced(counter: itertools.count[int]) -> None:
+                while (i := next(counter) * step) < n:
+                    pool.execute_batch("compute", items[i : i + step])
+
+            return timed(one_by_one), timed(sliced)
         finally:
             pool.close(2.0)
 
@@ -134,7 +150,8 @@ def main() -> int:
     parser.add_argument("--pool-size", type=int, default=2, help="bridges of the worker's pool")
     ns = parser.parse_args()
 
-    rows = [("items", "(a) chord of execute", "(b) batch_map", "(b)/(a)", "(c) pool alone", "chunk", "load")]
+    header = "items", "(a) chord of execute", "(b) batch_map", "(b)/(a)", "(c) pool, per item"
+    rows = [(*header, "(d) pool, slices", "chunk", "load")]
     with ExitStack() as stack:
         broker = os.environ.get("SNAKEPIT_BROKER_URL")
         backend = os.environ.get("SNAKEPIT_RESULT_BACKEND") or os.environ.get("SNAKEPIT_REDIS_URL")
@@ -159,11 +176,11 @@ def main() -> int:
             start_load = load()
             a = statistics.median(per_item_chord(app, n) for _ in range(ns.chord_rounds))
             b = statistics.median(mapped(app, n) for _ in range(ns.rounds))
-            c = pool_alone(n, ns.pool_size)
+            c, d = pool_alone(n, ns.pool_size)
             best_map = max(best_map, b)
             chunk = chunk_size_for(n, workers, bridges)
             loads = f"{start_load} -> {load()}"
-            rates = (f"{a:,.0f}/s", f"{b:,.0f}/s", f"{b / a:.1f}x", f"{c:,.0f}/s")
+            rates = (f"{a:,.0f}/s", f"{b:,.0f}/s", f"{b / a:.1f}x", f"{c:,.0f}/s", f"{d:,.0f}/s")
             rows.append((f"{n:,}", *rates, str(chunk), loads))
 
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

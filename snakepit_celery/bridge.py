@@ -85,6 +85,7 @@ class Bridge:
         self.slot: Any = None
         self._channel: grpc.Channel | None = None
         self.execute_call: Any = None
+        self.batch_call: Any = None
         self.stream_call: Any = None
         self.init_session_call: Any = None
         self.end_session_call: Any = None
@@ -133,6 +134,7 @@ class Bridge:
                 raise self._fail(f"exited before serving ({describe_status(self.process.reap())})")
         stub = bridge_pb2_grpc.BridgeStub(channel)
         self.execute_call = stub.Execute
+        self.batch_call = stub.ExecuteBatch
         self.stream_call = stub.ExecuteStream
         self.init_session_call = stub.InitSession
         self.end_session_call = stub.EndSession
@@ -176,6 +178,20 @@ class Bridge:
                 return int(f.read().split()[1]) * _PAGE_SIZE
         except (OSError, IndexError, ValueError):
             return None
+
+    def known_dead(self) -> bool:
+        """True once the process is known to have exited; cheap and never waits.
+
+        The supervisor's flag first, else one ``poll(2)`` on the pidfd: the
+        flag lags the death by as long as the supervisor takes to reap, which
+        is the window in which an idle bridge could otherwise be handed out.
+        """
+        return self.exited or self.process.exited_now()
+
+    @property
+    def channel_closed(self) -> bool:
+        """The channel was dropped (the process was seen to exit); nothing can be sent on it."""
+        return self._channel is None and self.serving_at is not None
 
     def uptime(self) -> float:
         return time.monotonic() - (self.serving_at or self.launched_at)

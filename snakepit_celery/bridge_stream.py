@@ -112,10 +112,12 @@ class BridgeStream:
             raise
 
     def _fail(self, exc: grpc.RpcError) -> None:
-        error = self._pool._rpc_failed(
-            self._slot, self._bridge, exc, self.command, self._hard, cancelled=self._cancelled
-        )
+        from snakepit_celery.failures import rpc_failed
         from snakepit_celery.pool import _OUTCOME
+
+        error = rpc_failed(
+            self._pool, self._slot, self._bridge, exc, self.command, self._hard, cancelled=self._cancelled
+        )
 
         self._finish(_OUTCOME.get(type(error), "error"), release=False)
         raise error from None

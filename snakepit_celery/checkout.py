@@ -10,6 +10,15 @@ once (``PoolSaturated``), and a waiter whose queue timeout passes removes
 itself before any slot can be handed to it, so it never runs later
 (``QueueTimeout``). A waiter that was handed a slot just as its time ran
 out keeps the slot: it was served in time.
+
+A slot is never handed out with a bridge known to be dead: the moment of
+hand-off (taking an idle slot, or offering one to a waiter) asks the bridge
+(:meth:`Bridge.known_dead`, one non-blocking ``poll(2)`` on its pidfd), and
+a dead one goes to the pool's ``on_dead`` for replacement instead. The
+caller then takes another slot or waits, with its place and deadline, for
+one (its session's slot: the replacement). This closes the window between a
+bridge's death and the supervisor's notice, in which a call that never
+reached a living bridge would otherwise fail with ``BridgeCrashed``.
 """
 
 from __future__ import annotations
@@ -17,6 +26,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from snakepit_celery.errors import InfrastructureError, PoolSaturated, QueueTimeout
@@ -64,8 +74,19 @@ class _Waiter:
 class SlotQueue:
     """Idle slots and waiting callers of one pool, guarded by the pool's lock."""
 
-    def __init__(self, lock: threading.Lock, *, pool: str, max_queue: int, queue_timeout: float) -> None:
+    def __init__(
+        self,
+        lock: threading.Lock,
+        *,
+        pool: str,
+        max_queue: int,
+        queue_timeout: float,
+        on_dead: Callable[[Slot], None],
+    ) -> None:
         self.lock = lock
+        #: Called (lock held) with a slot taken out of circulation because its
+        #: bridge is dead; it must start the slot's replacement.
+        self.on_dead = on_dead
         self.pool = pool
         self.max_queue = max_queue
         self.queue_timeout = queue_timeout
@@ -90,14 +111,14 @@ class SlotQueue:
             if self.refusing is not None:
                 raise self.refusing
             if wanted is None:
-                if self.idle:
+                while self.idle:
                     slot = self.idle.popleft()
-                    slot.state = "busy"
-                    return slot, 0.0
+                    if self._take(slot):
+                        return slot, 0.0
             elif wanted.state == "idle":
                 self.idle.remove(wanted)
-                wanted.state = "busy"
-                return wanted, 0.0
+                if self._take(wanted):
+                    return wanted, 0.0
             if self.max_queue and len(self.waiters) >= self.max_queue:
                 self.pool_saturated += 1
                 raise PoolSaturated(
@@ -132,13 +153,26 @@ class SlotQueue:
         """
         for i, waiter in enumerate(self.waiters):
             if waiter.wanted is None or waiter.wanted is slot:
+                if not self._take(slot):
+                    return  # being replaced; the waiter keeps its place
                 del self.waiters[i]
-                slot.state = "busy"
                 waiter.slot = slot
                 waiter.cond.notify()
                 return
         slot.state = "idle"
         self.idle.append(slot)
+
+    def _take(self, slot: Slot) -> bool:
+        """Mark a slot that is out of the idle list busy, unless its bridge is dead. Lock held.
+
+        A dead one goes to ``on_dead`` (replacement) and False is returned.
+        """
+        bridge = slot.bridge
+        if bridge is not None and bridge.known_dead():
+            self.on_dead(slot)
+            return False
+        slot.state = "busy"
+        return True
 
     def discard_idle(self, slot: Slot) -> None:
         """Take an idle slot out of the idle list (its bridge is going away). Lock held."""

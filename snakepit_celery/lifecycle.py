@@ -6,8 +6,11 @@ only then offers the slot to callers. The supervisor thread hears of every
 exit through a pidfd; an idle slot whose bridge died is replaced at once, a
 busy one when its caller lets go (its call failed the moment the socket
 closed). A replacement bumps the slot's generation, so a start that belongs
-to an older generation is discarded. Failed starts are retried with a
-backoff until the pool closes.
+to an older generation is discarded. The supervisor learns of a death a
+little after it happens (it has to be scheduled, and reap); a slot found
+dead at hand-off in that window is replaced by the checkout itself
+(``_replace_dead``), so it is never handed to a caller. Failed starts are
+retried with a backoff until the pool closes.
 
 Everything a process leaves behind is accounted for: a record file per
 process in the run directory (for the sweep of a later run), removed when
@@ -67,7 +70,11 @@ class PoolLifecycle:
         #: Notified whenever a slot becomes serving, is released or a bridge exits.
         self._changed = threading.Condition(self._lock)
         self._queue = SlotQueue(
-            self._lock, pool=self.name, max_queue=config.max_queue, queue_timeout=config.queue_timeout
+            self._lock,
+            pool=self.name,
+            max_queue=config.max_queue,
+            queue_timeout=config.queue_timeout,
+            on_dead=self._replace_dead,
         )
         self._slots = [Slot(i) for i in range(config.size)]
         #: Every process of this pool not yet reaped, by pid.
@@ -231,6 +238,10 @@ class PoolLifecycle:
             "pool %s: replacing bridge pid %s of slot %d: %s", self.name, old and old.pid, slot.index, reason
         )
         self._spawn_start(slot)
+
+    def _replace_dead(self, slot: Slot) -> None:
+        """Checkout callback (lock held): ``slot``'s bridge was found dead at hand-off."""
+        self._replace_locked(slot, slot.bridge, "found dead at checkout", kill=True)
 
     def _on_exit(self, bridge: Bridge) -> None:
         """Supervisor callback: ``bridge``'s process has exited."""

@@ -8,6 +8,11 @@ bring new ones up, and recycling (``max_requests``, ``max_memory_mb``) is
 decided when a call gives its slot back, so queued calls simply wait for
 the replacement instead of failing.
 
+A call runs twice only when that is safe: once more on a fresh bridge if
+the caller said it is idempotent, or if it provably never reached its
+bridge (see :mod:`snakepit_celery.failures`). A call that may have
+started on a bridge that died fails with ``BridgeCrashed``.
+
 Example::
 
     pool = BridgePool(PoolConfig(size=4), run_dir=Path("/run/x"), run_id="r1")
@@ -27,7 +32,7 @@ import grpc
 from snakepit_bridge._proto import bridge_pb2
 
 from snakepit_celery.bridge import Bridge
-from snakepit_celery.bridge_stream import BridgeStream, settle_cancelled
+from snakepit_celery.bridge_stream import BridgeStream
 from snakepit_celery.checkout import Slot
 from snakepit_celery.config import PoolConfig
 from snakepit_celery.errors import (
@@ -41,14 +46,14 @@ from snakepit_celery.errors import (
     QueueTimeout,
     SnakepitError,
 )
+from snakepit_celery.failures import confirm_death, crashed, rpc_failed, unsent
 from snakepit_celery.lifecycle import PoolLifecycle
-from snakepit_celery.rpc import decode_payload, encode_payload, map_rpc_error
+from snakepit_celery.pool_batch import run_batch
+from snakepit_celery.rpc import decode_payload, encode_payload, never_sent
 from snakepit_celery.telemetry import Telemetry
 
 __all__ = ["BridgePool"]
 
-#: Seconds a failed call waits to see the bridge's exit before calling it a crash.
-_CRASH_CONFIRM = 0.5
 _MIB = 1024 * 1024
 _OUTCOME = {
     BridgeCrashed: "crashed",
@@ -98,10 +103,19 @@ class BridgePool(PoolLifecycle):
         return slot
 
     def _release(
-        self, slot: Slot, bridge: Bridge, *, failed: bool = False, broken: str | None = None
+        self,
+        slot: Slot,
+        bridge: Bridge,
+        *,
+        failed: bool = False,
+        broken: str | None = None,
+        counted: bool = True,
     ) -> None:
-        """Give a slot back after a call; recycle or replace its bridge when due."""
-        bridge.requests += 1
+        """Give a slot back after a call; recycle or replace its bridge when due.
+
+        ``counted=False``: the call never reached the bridge and runs again; not a request.
+        """
+        bridge.requests += counted
         reason = broken
         if reason is None:
             if self._max_requests and bridge.requests >= self._max_requests:
@@ -111,7 +125,7 @@ class BridgePool(PoolLifecycle):
                 if rss is not None and rss > self._max_rss:
                     reason = f"recycled at {rss // _MIB} MiB (max_memory_mb={self.config.max_memory_mb})"
         with self._lock:
-            self._requests += 1
+            self._requests += counted
             if failed:
                 self._errors += 1
             if self._closed:
@@ -128,46 +142,6 @@ class BridgePool(PoolLifecycle):
         data = self._session_loader(session_id) if self._session_loader else None
         payload = encode_payload(data, limit=self._payload_limit, what="session data") if data else None
         bridge.init_session(session_id, payload or bridge_pb2.Payload(), timeout)
-
-    def _rpc_failed(
-        self,
-        slot: Slot,
-        bridge: Bridge,
-        exc: grpc.RpcError,
-        command: str,
-        hard: float,
-        *,
-        cancelled: bool = False,
-    ) -> SnakepitError:
-        """Turn a failed call into the error to raise, giving the slot back (or replacing it)."""
-        mapped = map_rpc_error(exc, command=command, limit=self._payload_limit)
-        if mapped is not None:
-            self._release(slot, bridge, failed=True)
-            return mapped
-        code = exc.code() if hasattr(exc, "code") else None
-        if cancelled and code == grpc.StatusCode.CANCELLED:
-            settle_cancelled(self, slot, bridge, command)
-            return CommandCancelled(f"{command!r} was cancelled by the caller")
-        if code == grpc.StatusCode.DEADLINE_EXCEEDED and hard:
-            bridge.exit_reason = f"killed: {command!r} ran past its hard timeout of {hard}s"
-            bridge.kill()
-            self._release(slot, bridge, failed=True, broken=bridge.exit_reason)
-            return CommandTimeout(
-                f"{command!r} ran past its hard timeout of {hard}s; bridge pid {bridge.pid} was killed "
-                "and is being replaced"
-            )
-        died = bridge.exited or bridge.process.has_exited(_CRASH_CONFIRM)
-        if not died:
-            bridge.exit_reason = f"killed: its connection failed during {command!r}"
-        bridge.kill()
-        self._release(slot, bridge, failed=True, broken="crashed")
-        if self._closed:
-            return PoolClosed(f"pool {self.name!r} closed while {command!r} was running")
-        details = exc.details() if hasattr(exc, "details") else str(exc)
-        return BridgeCrashed(
-            f"pool {self.name!r}: bridge pid {bridge.pid} {'died' if died else 'stopped answering'} "
-            f"during {command!r} ({code.name if code else 'error'}: {details}); it is being replaced"
-        )
 
     def _finished(
         self, command: str, started: float, outcome: str, session_id: str | None, request_id: str | None
@@ -201,7 +175,8 @@ class BridgePool(PoolLifecycle):
             timeout: hard limit in seconds; else ``command_timeouts``, else the pool's.
             session_id: pin the call to the session's bridge (InitSession first on a new one).
             request_id: the caller's id (a Celery task id), for the bridge's logs.
-            idempotent: a call whose bridge crashed is run once more on a fresh bridge.
+            idempotent: a call whose bridge crashed is run once more on a fresh bridge
+                (one that never reached its bridge is, in any case).
 
         Raises:
             PoolSaturated, QueueTimeout, PoolClosed: no bridge was borrowed; never ran.
@@ -221,31 +196,52 @@ class BridgePool(PoolLifecycle):
                 request_id=request_id or "",
             )
             retry = idempotent
+            rerun = True  # a call that never reached its bridge runs once more, idempotent or not
             while True:
                 slot = self._checkout(session_id)
                 bridge: Bridge = slot.bridge  # type: ignore[assignment]
+                was_unsent = False
                 try:
                     if session_id is not None and session_id not in bridge.sessions:
                         self._init_session(bridge, session_id, hard or None)
                     reply = bridge.execute_call(request, timeout=hard or None)
                 except grpc.RpcError as exc:
-                    error = self._rpc_failed(slot, bridge, exc, command, hard)
-                    if retry and type(error) is BridgeCrashed:
-                        retry = False
-                        continue
-                    raise error from None
+                    if not never_sent(exc):
+                        error = rpc_failed(self, slot, bridge, exc, command, hard)
+                    elif was_unsent := confirm_death(bridge):
+                        error = unsent(self, slot, bridge, command, last=not rerun)
+                    else:
+                        error = crashed(self, slot, bridge, exc, command, died=False)
+                except ValueError:
+                    if not bridge.channel_closed:
+                        self._release(slot, bridge, failed=True)
+                        raise
+                    # NOTE: the supervisor drops the channel once it saw the exit, and gRPC
+                    # refuses a call on a closed channel before sending anything.
+                    was_unsent = True
+                    error = unsent(self, slot, bridge, command, last=not rerun)
                 except BaseException:
                     self._release(slot, bridge, failed=True)
                     raise
-                self._release(slot, bridge)
-                result = decode_payload(reply.result)
-                outcome = "ok"
-                return result
+                else:
+                    self._release(slot, bridge)
+                    result = decode_payload(reply.result)
+                    outcome = "ok"
+                    return result
+                if was_unsent and rerun:
+                    rerun = False
+                elif retry and type(error) is BridgeCrashed:
+                    retry = False
+                else:
+                    raise error from None
         except SnakepitError as exc:
             outcome = _OUTCOME.get(type(exc), "error")
             raise
         finally:
             self._finished(command, started, outcome, session_id, request_id)
+
+    #: Many calls of one command on one borrowed bridge, in one message (``run_batch``).
+    execute_batch = run_batch
 
     def stream(
         self,
@@ -290,7 +286,7 @@ class BridgePool(PoolLifecycle):
             if session_id in bridge.sessions:
                 bridge.end_session(session_id, self.config.startup_timeout)
         except grpc.RpcError as exc:
-            raise self._rpc_failed(slot, bridge, exc, "EndSession", 0.0) from None
+            raise rpc_failed(self, slot, bridge, exc, "EndSession", 0.0) from None
         except BaseException:
             self._release(slot, bridge, failed=True)
             raise

@@ -47,6 +47,10 @@ class ProcessHandle:
         except ProcessLookupError:
             # Gone (and reaped) before we looked: an exited process.
             self.pidfd = -1
+        # One poll object for the life of the pidfd: the checkout path asks on every call.
+        self._poller = select.poll()
+        if self.pidfd >= 0:
+            self._poller.register(self.pidfd, select.POLLIN)
 
     def send_signal(self, sig: int) -> bool:
         """Signal the process; False when it is already gone (ESRCH is not an error)."""
@@ -72,12 +76,27 @@ class ProcessHandle:
     def has_exited(self, timeout: float = 0.0) -> bool:
         """True once the process has exited; waits up to ``timeout`` seconds."""
         with self._lock:
-            fd = self.pidfd
-            if self._closed or fd < 0:
+            if self._closed or self.pidfd < 0:
                 return True
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            return bool(poller.poll(timeout * 1000.0))
+            return bool(self._poller.poll(timeout * 1000.0))
+
+    def exited_now(self) -> bool:
+        """True if the process is seen to have exited; one ``poll(2)``, never waits.
+
+        Made for the pool's checkout path: it never blocks on the handle's
+        lock either, and a handle busy elsewhere (a waiting :meth:`has_exited`,
+        or :meth:`close`) counts as running; the caller then learns of the
+        death from the call itself.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._closed or self.pidfd < 0:
+                return True
+            # NOTE: readable from the moment the process exits, zombie or not.
+            return bool(self._poller.poll(0))
+        finally:
+            self._lock.release()
 
     def reap(self) -> int | None:
         """Collect the exit status of an exited process (subclasses)."""

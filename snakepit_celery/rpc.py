@@ -7,6 +7,10 @@ message limits follow ``max_payload_bytes`` so both sides refuse the same
 sizes. A remote failure arrives as a non-OK status with a serialized
 ``ErrorDetail`` in the trailing metadata ``snakepit-error-bin``; it maps
 one-to-one onto the classes of :mod:`snakepit_celery.errors`.
+
+Whether a failed call can have reached the bridge at all is told by
+:func:`never_sent`; only that answer allows the pool to run a call that is
+not idempotent a second time.
 """
 
 from __future__ import annotations
@@ -33,13 +37,18 @@ __all__ = [
     "channel_options",
     "decode_payload",
     "encode_payload",
+    "error_from_detail",
     "map_rpc_error",
+    "never_sent",
 ]
 
 #: Trailing metadata key of the serialized ErrorDetail.
 ERROR_METADATA_KEY = "snakepit-error-bin"
 
 _Kind = bridge_pb2.ErrorDetail.Kind
+#: The status message of a call that failed to get a connection (gRPC core's
+#: pick_first policy, grpcio 1.5x-1.8x: "...; last error: <why>").
+_NO_CONNECTION = "failed to connect to all addresses"
 
 _BASE_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.enable_retries", 0),
@@ -114,6 +123,11 @@ def map_rpc_error(exc: grpc.RpcError, *, command: str, limit: int) -> ExecutionE
                 f"{exc.details() if hasattr(exc, 'details') else exc}"
             )
         return None
+    return error_from_detail(detail)
+
+
+def error_from_detail(detail: bridge_pb2.ErrorDetail) -> ExecutionError | SessionError:
+    """The library error for an ``ErrorDetail`` (a failed call's, or a batch item's)."""
     kind = detail.kind
     message = detail.message
     if detail.type == "PayloadTooLarge":  # arguments, result or chunk over the bridge's limit
@@ -129,3 +143,22 @@ def map_rpc_error(exc: grpc.RpcError, *, command: str, limit: int) -> ExecutionE
     if kind == _Kind.SESSION_ERROR:
         return SessionError(message)
     return CommandError(message, detail.type, detail.traceback)
+
+
+def never_sent(exc: grpc.RpcError) -> bool:
+    """True when the call failed before any of it was sent: the channel had no connection.
+
+    With retries off and ``wait_for_ready`` unset, a call is only written to
+    a transport that is connected; when there is none (the bridge's socket
+    refuses connections because its process is gone, or the old connection
+    was seen to reset), gRPC fails it with UNAVAILABLE and the policy's
+    "failed to connect" message, and nothing of it ever left this process.
+    Every other failure may come after the request was written, so the
+    bridge may have started the command. "Connection reset" in particular
+    proves nothing: a Unix socket resets when its owner dies with any unread
+    data, which may be a flow-control frame sent after the request was read.
+    """
+    if not hasattr(exc, "code") or exc.code() != grpc.StatusCode.UNAVAILABLE:
+        return False
+    details = exc.details() if hasattr(exc, "details") else None
+    return isinstance(details, str) and details.startswith(_NO_CONNECTION)

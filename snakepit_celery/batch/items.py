@@ -129,6 +129,23 @@ class Batch:
             self._running += 1
             return index
 
+    def claim_slice(self, size: int) -> range | None:
+        """The next ``size`` items (fewer at the end) to run as one slice, or None (see :meth:`claim`)."""
+        with self._lock:
+            if self._stopped or self._next >= len(self.items):
+                return None
+            start = self._next
+            self._next = min(len(self.items), start + size)
+            self._running += self._next - start
+            return range(start, self._next)
+
+    def unclaim(self, count: int) -> None:
+        """``count`` claimed items were not run (their slice stopped at an earlier failure)."""
+        if count:
+            with self._lock:
+                self._running -= count
+                self._check_finished()
+
     def finish(self, index: int, value: Any = None, exc: BaseException | None = None) -> None:
         """Record item ``index``'s result, or its error ``exc``."""
         with self._lock:

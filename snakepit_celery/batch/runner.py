@@ -1,17 +1,32 @@
-"""Run batches through a pool with exactly as many calls in flight as it has bridges.
+"""Run batches through a pool in slices, as many slices in flight as it has bridges.
+
+A slice is a run of consecutive items sent to one bridge in one
+``ExecuteBatch`` call (:meth:`BridgePool.execute_batch`): the gRPC round trip,
+which costs more than a small command, is paid once per slice instead of once
+per item. Slices are small enough (:func:`slice_size`) that every bridge gets
+several of a batch and progress moves often, and large enough to amortise the
+call.
 
 Every batch running in a worker process feeds the same few threads per pool
 (one per bridge), instead of each batch task starting threads of its own:
 with several chunks running at once (a worker's concurrency is usually above
 its bridge count), per-task threads would put many times more callers than
 bridges on the pool's checkout queue, and the extra threads only fight over
-the GIL. The threads take batches first come, first served, and items within
+the GIL. The threads take batches first come, first served, and slices within
 a batch in input order; an idle thread ends after :data:`IDLE_EXIT` seconds
 and a new one starts when work comes.
+
+Errors keep their per-item meaning: without ``return_exceptions`` a slice
+stops at its first failed item (the bridge runs nothing after it) and the
+batch claims no further slice, so the failed item with the lowest index is
+the one reported; a failure of a slice's call as a whole (a crashed bridge,
+its hard timeout) is the error of its first item, or with
+``return_exceptions`` of every item of the slice.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import weakref
 from collections import deque
@@ -23,10 +38,19 @@ from snakepit_celery.errors import PoolClosed
 if TYPE_CHECKING:
     from snakepit_celery.pool import BridgePool
 
-__all__ = ["IDLE_EXIT", "BatchCall", "runner_for"]
+__all__ = ["IDLE_EXIT", "MAX_SLICE", "SLICES_PER_BRIDGE", "BatchCall", "runner_for", "slice_size"]
 
 #: Seconds a runner thread waits for work before it ends.
 IDLE_EXIT = 10.0
+#: Items of one slice, at most (progress and a cancel move at least this often).
+MAX_SLICE = 256
+#: Slices per bridge a batch is cut into, at least (while slices stay under ``MAX_SLICE``).
+SLICES_PER_BRIDGE = 4
+
+
+def slice_size(items: int, bridges: int) -> int:
+    """Items per slice of a batch of ``items`` on a pool of ``bridges``."""
+    return max(1, min(MAX_SLICE, math.ceil(items / (max(1, bridges) * SLICES_PER_BRIDGE))))
 
 
 class BatchCall:
@@ -50,24 +74,34 @@ class BatchCall:
         self.idempotent = idempotent
 
     def run_one(self, pool: BridgePool) -> bool:
-        """Run the batch's next item; False when it has no item left to claim."""
+        """Run the batch's next slice; False when it has no item left to claim."""
         batch = self.batch
-        index = batch.claim()
-        if index is None:
+        claimed = batch.claim_slice(slice_size(len(batch.items), pool.config.size))
+        if claimed is None:
             return False
+        stop_on_error = not batch.return_exceptions
         try:
-            value = pool.execute(
+            results = pool.execute_batch(
                 self.command,
-                batch.items[index],
+                batch.items[claimed.start : claimed.stop],
                 timeout=self.timeout,
                 session_id=self.session_id,
                 request_id=self.request_id,
+                stop_on_error=stop_on_error,
                 idempotent=self.idempotent,
             )
-        except Exception as exc:  # every failure belongs to its item; the batch decides
-            batch.finish(index, exc=exc)
-        else:
-            batch.finish(index, value)
+        except Exception as exc:  # the slice's call failed as a whole: its items' error
+            failed = claimed[:1] if stop_on_error else claimed
+            for index in failed:
+                batch.finish(index, exc=exc)
+            batch.unclaim(len(claimed) - len(failed))
+            return True
+        for index, result in zip(claimed, results, strict=False):
+            if result.ok:
+                batch.finish(index, result.value)
+            else:
+                batch.finish(index, exc=result.value)
+        batch.unclaim(len(claimed) - len(results))  # not run: the slice stopped at a failure
         return True
 
 

@@ -1,7 +1,8 @@
 """The tasks ``snakepit.execute_batch`` (one message, many calls) and ``snakepit.batch_join``.
 
-``execute_batch`` runs all its items through the worker's pool at once, as
-many in flight as the pool has bridges (see :mod:`.runner`), and returns
+``execute_batch`` runs all its items through the worker's pool at once, in
+slices of one ``ExecuteBatch`` call each, as many in flight as the pool has
+bridges (see :mod:`.runner`), and returns
 their results in input order. It is routed to the queue of the pool it names,
 or its session's queue (see :mod:`.routing`), and is acknowledged late: a
 worker lost while it runs leaves the message unacknowledged, so the broker

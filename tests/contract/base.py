@@ -3,8 +3,8 @@
 Subclass :class:`BridgeContract` as ``TestXxxBridge`` and say how to launch
 your bridge (:meth:`~.common.ContractHooks.bridge_command`, or the whole
 :meth:`~.common.ContractHooks.bridge_argv`); the tests speak only gRPC to it.
-The tests live in three mixins: ``contract_unary``, ``contract_streams`` and
-``contract_lifecycle``.
+The tests live in four mixins: ``contract_unary``, ``contract_batch``,
+``contract_streams`` and ``contract_lifecycle``.
 
 What a bridge must offer besides the protocol (the showcase handler):
 ``ping`` -> {"status": "ok"}; ``echo`` -> {"echoed": args}; ``compute``
@@ -29,6 +29,7 @@ from collections.abc import Iterator
 import pytest
 
 from .common import BridgeProcess, Client, Launch, descendants, gone, new_socket_path, remove_socket_dir
+from .contract_batch import BatchContract
 from .contract_lifecycle import SessionLifecycleContract
 from .contract_streams import StreamContract
 from .contract_unary import UnaryContract
@@ -41,7 +42,7 @@ except ImportError:  # pragma: no cover - run outside this repository's test tre
 __all__ = ["LONG_LIVED", "BridgeContract", "Launch"]
 
 
-class BridgeContract(UnaryContract, StreamContract, SessionLifecycleContract):
+class BridgeContract(UnaryContract, BatchContract, StreamContract, SessionLifecycleContract):
     """The shared tests; a subclass names the bridge to run them against."""
 
     # -- fixtures -------------------------------------------------------------

@@ -7,7 +7,7 @@ import json
 from celery import Celery
 
 from snakepit_celery import BatchItemError, CommandError, QueueTimeout, item_error
-from snakepit_celery.batch import chunk_size_for, error_item
+from snakepit_celery.batch import chunk_size_for, error_item, runner
 from snakepit_celery.batch.items import Batch
 
 
@@ -29,6 +29,21 @@ def test_a_failure_stops_claiming_and_the_lowest_failed_index_wins() -> None:
     batch.finish(0, exc=CommandError("early", "KeyError"))
     assert batch.finished.is_set()
     assert batch.error is not None and (batch.error.index, batch.error.remote_type) == (100, "KeyError")
+
+
+def test_slices_are_claimed_in_order_and_unrun_items_released() -> None:
+    batch = Batch(list(range(10)), offset=20)
+    first, second = batch.claim_slice(4), batch.claim_slice(4)
+    assert (first, second) == (range(0, 4), range(4, 8))
+    batch.finish(4, 4)
+    batch.finish(5, exc=CommandError("boom", "ValueError"))  # the slice stopped at its item 5
+    batch.unclaim(2)  # its items 6 and 7 never ran
+    assert batch.claim_slice(4) is None and not batch.finished.is_set()  # slice 0-3 still runs
+    for index in first:
+        batch.finish(index, index)
+    assert batch.finished.is_set() and batch.error is not None and batch.error.index == 25
+    assert runner.slice_size(10_000, 2) == runner.MAX_SLICE
+    assert (runner.slice_size(1000, 2), runner.slice_size(20, 2), runner.slice_size(1, 8)) == (125, 3, 1)
 
 
 def test_return_exceptions_puts_an_error_item_in_place() -> None:

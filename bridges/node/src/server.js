@@ -22,6 +22,7 @@ const { CallContext, InvalidArguments, bindArguments } = require('./handler');
 const { BridgeError, Kind, classify, invalidArguments, toStatus } = require('./errors');
 const { HealthService, NOT_SERVING, SERVING } = require('./health');
 const { BATCH_BYTES, closeIterator, pump } = require('./streams');
+const { runBatch } = require('./batch');
 const wire = require('./wire');
 
 const PROTOCOL_VERSION = '1';
@@ -146,6 +147,7 @@ class BridgeServer {
   implementation() {
     return {
       Execute: (call, callback) => this.execute(call, callback),
+      ExecuteBatch: (call, callback) => this.executeBatch(call, callback),
       ExecuteStream: (call) => this.executeStream(call),
       InitSession: (call, callback) => this.settle(this.initSession(call.request), callback),
       EndSession: (call, callback) => this.settle(this.endSession(call.request), callback),
@@ -225,16 +227,22 @@ class BridgeServer {
     return { existed: true };
   }
 
-  /** Look the command up, decode its args, find its session state: a CallContext. */
-  async prepare(request, signal, unary, deadlineOfCall) {
-    const spec = this.handler.commands.get(request.command);
+  /** The command's spec; an unknown one, or a stream command for a unary call, is refused. */
+  lookup(command, unary) {
+    const spec = this.handler.commands.get(command);
     if (spec === undefined) {
       const names = this.handler.commandNames().join(', ');
-      throw new BridgeError(Kind.UNKNOWN_COMMAND, 'UnknownCommand', `unknown command '${request.command}'; the commands there are: ${names}`);
+      throw new BridgeError(Kind.UNKNOWN_COMMAND, 'UnknownCommand', `unknown command '${command}'; the commands there are: ${names}`);
     }
     if (unary && spec.stream) {
       throw new BridgeError(Kind.INVALID_ARGUMENTS, 'InvalidArguments', `command '${spec.name}' is a stream command; call it with ExecuteStream`);
     }
+    return spec;
+  }
+
+  /** Look the command up, decode its args, find its session state: a CallContext. */
+  async prepare(request, signal, unary, deadlineOfCall) {
+    const spec = this.lookup(request.command, unary);
     const payload = request.args || { json: Buffer.alloc(0), blobs: [] };
     const size = payload.json.length + payload.blobs.reduce((sum, blob) => sum + blob.length, 0);
     if (size > this.maxMessageBytes) {
@@ -318,6 +326,20 @@ class BridgeServer {
     } finally {
       this.inflight.delete(controller);
       // NOTE: after the command's promise settled, even when the caller cancelled long before.
+      this.active -= 1;
+    }
+  }
+
+  /** Many calls of one command in one message (see ./batch.js); the batch is one active call. */
+  async executeBatch(call, callback) {
+    const controller = this.track(call);
+    this.active += 1;
+    try {
+      callback(null, await runBatch(this, call.request, controller.signal, callDeadline(call)));
+    } catch (err) {
+      callback(this.fail(err));
+    } finally {
+      this.inflight.delete(controller);
       this.active -= 1;
     }
   }

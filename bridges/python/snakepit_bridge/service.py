@@ -26,6 +26,7 @@ import grpc
 from snakepit_bridge import wire
 from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
 from snakepit_bridge.aio import LoopThread
+from snakepit_bridge.batch import run_batch
 from snakepit_bridge.commands import Command, Failure, discover, failure_from
 from snakepit_bridge.handler import BridgeStats, CallContext, Handler, reset_context, set_context
 from snakepit_bridge.sessions import SessionTable
@@ -114,14 +115,18 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
 
     # -- helpers --------------------------------------------------------------
 
-    def _abort(self, context: grpc.ServicerContext, failure: Failure) -> None:
+    def _detail(self, failure: Failure) -> bridge_pb2.ErrorDetail:
+        """The wire form of a failure (counted as an error)."""
         self.stats.errors += 1
-        detail = bridge_pb2.ErrorDetail(
+        return bridge_pb2.ErrorDetail(
             kind=bridge_pb2.ErrorDetail.Kind.Value(failure.kind),
             type=failure.type_name,
             message=failure.message,
             traceback=failure.traceback,
         )
+
+    def _abort(self, context: grpc.ServicerContext, failure: Failure) -> None:
+        detail = self._detail(failure)
         context.set_trailing_metadata(((ERROR_METADATA_KEY, detail.SerializeToString()),))
         code = _TYPE_STATUS.get(failure.type_name) or _STATUS[failure.kind]
         text = (
@@ -172,7 +177,11 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
             )
         return bridge_pb2.Payload(json=data, blobs=blobs), size
 
-    def _context(self, request: bridge_pb2.ExecuteRequest, context: grpc.ServicerContext) -> CallContext:
+    def _context(
+        self,
+        request: bridge_pb2.ExecuteRequest | bridge_pb2.ExecuteBatchRequest,
+        context: grpc.ServicerContext,
+    ) -> CallContext:
         sid = request.session_id
         state = self.sessions.state_for(sid) if sid else self.sessions.global_state
         if request.timeout > 0:
@@ -231,23 +240,40 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
 
     # -- the RPCs -------------------------------------------------------------
 
+    def _unary(self, name: str) -> Command:
+        """The command ``name`` for a unary call (Execute, ExecuteBatch)."""
+        cmd = self._lookup(name)
+        if cmd.stream:
+            raise Failure(
+                "INVALID_ARGUMENTS",
+                "InvalidArguments",
+                f"command {cmd.name!r} is a stream command; call it with ExecuteStream",
+            )
+        return cmd
+
     def Execute(
         self, request: bridge_pb2.ExecuteRequest, context: grpc.ServicerContext
     ) -> bridge_pb2.ExecuteResponse:
         self.stats.requests += 1
         call = self.active.open()
         try:
-            cmd = self._lookup(request.command)
-            if cmd.stream:
-                raise Failure(
-                    "INVALID_ARGUMENTS",
-                    "InvalidArguments",
-                    f"command {cmd.name!r} is a stream command; call it with ExecuteStream",
-                )
+            cmd = self._unary(request.command)
             kwargs = self._args(cmd, request.args)
             result = self._invoke(cmd, kwargs, self._context(request, context), context, call)
             payload, _ = self._payload(result, f"the result of command {cmd.name!r}")
             return bridge_pb2.ExecuteResponse(result=payload)
+        except Failure as failure:
+            self._abort(context, failure)
+            raise  # unreachable: abort raises
+        finally:
+            call.release()
+
+    def ExecuteBatch(
+        self, request: bridge_pb2.ExecuteBatchRequest, context: grpc.ServicerContext
+    ) -> bridge_pb2.ExecuteBatchResponse:
+        call = self.active.open()  # the whole batch is one running call
+        try:
+            return run_batch(self, request, context, call)
         except Failure as failure:
             self._abort(context, failure)
             raise  # unreachable: abort raises

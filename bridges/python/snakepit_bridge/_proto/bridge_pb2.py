@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsnakepit/bridge/v1/bridge.proto\x12\x12snakepit.bridge.v1\"&\n\x07Payload\x12\x0c\n\x04json\x18\x01 \x01(\x0c\x12\r\n\x05\x62lobs\x18\x02 \x03(\x0c\"\x85\x01\n\x0e\x45xecuteRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12)\n\x04\x61rgs\x18\x02 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t\">\n\x0f\x45xecuteResponse\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\"D\n\x15\x45xecuteStreamResponse\x12+\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1b.snakepit.bridge.v1.Payload\"S\n\x12InitSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\"\x15\n\x13InitSessionResponse\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"%\n\x12\x45ndSessionResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x11\n\x0f\x44\x65scribeRequest\"8\n\x0b\x43ommandInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\x08\x12\x0b\n\x03\x64oc\x18\x03 \x01(\t\"\xbe\x01\n\x10\x44\x65scribeResponse\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x17\n\x0fruntime_version\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x03\x12\x0f\n\x07handler\x18\x04 \x01(\t\x12\x31\n\x08\x63ommands\x18\x05 \x03(\x0b\x32\x1f.snakepit.bridge.v1.CommandInfo\x12\x18\n\x10protocol_version\x18\x06 \x01(\t\x12\x14\n\x0c\x61\x63tive_calls\x18\x07 \x01(\x05\"\x80\x02\n\x0b\x45rrorDetail\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.snakepit.bridge.v1.ErrorDetail.Kind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\"\x8a\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rCOMMAND_ERROR\x10\x01\x12\x13\n\x0fUNKNOWN_COMMAND\x10\x02\x12\x15\n\x11INVALID_ARGUMENTS\x10\x03\x12\x0b\n\x07TIMEOUT\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\x11\n\rSESSION_ERROR\x10\x06\x32\xd2\x03\n\x06\x42ridge\x12R\n\x07\x45xecute\x12\".snakepit.bridge.v1.ExecuteRequest\x1a#.snakepit.bridge.v1.ExecuteResponse\x12`\n\rExecuteStream\x12\".snakepit.bridge.v1.ExecuteRequest\x1a).snakepit.bridge.v1.ExecuteStreamResponse0\x01\x12^\n\x0bInitSession\x12&.snakepit.bridge.v1.InitSessionRequest\x1a\'.snakepit.bridge.v1.InitSessionResponse\x12[\n\nEndSession\x12%.snakepit.bridge.v1.EndSessionRequest\x1a&.snakepit.bridge.v1.EndSessionResponse\x12U\n\x08\x44\x65scribe\x12#.snakepit.bridge.v1.DescribeRequest\x1a$.snakepit.bridge.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fsnakepit/bridge/v1/bridge.proto\x12\x12snakepit.bridge.v1\"&\n\x07Payload\x12\x0c\n\x04json\x18\x01 \x01(\x0c\x12\r\n\x05\x62lobs\x18\x02 \x03(\x0c\"\x85\x01\n\x0e\x45xecuteRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12)\n\x04\x61rgs\x18\x02 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t\">\n\x0f\x45xecuteResponse\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\"\xa2\x01\n\x13\x45xecuteBatchRequest\x12\x0f\n\x07\x63ommand\x18\x01 \x01(\t\x12*\n\x05items\x18\x02 \x03(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x15\n\rstop_on_error\x18\x06 \x01(\x08\"u\n\nItemResult\x12+\n\x06result\x18\x01 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\x12.\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1f.snakepit.bridge.v1.ErrorDetail\x12\n\n\x02ok\x18\x03 \x01(\x08\"G\n\x14\x45xecuteBatchResponse\x12/\n\x07results\x18\x01 \x03(\x0b\x32\x1e.snakepit.bridge.v1.ItemResult\"D\n\x15\x45xecuteStreamResponse\x12+\n\x06\x63hunks\x18\x01 \x03(\x0b\x32\x1b.snakepit.bridge.v1.Payload\"S\n\x12InitSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12)\n\x04\x64\x61ta\x18\x02 \x01(\x0b\x32\x1b.snakepit.bridge.v1.Payload\"\x15\n\x13InitSessionResponse\"\'\n\x11\x45ndSessionRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"%\n\x12\x45ndSessionResponse\x12\x0f\n\x07\x65xisted\x18\x01 \x01(\x08\"\x11\n\x0f\x44\x65scribeRequest\"8\n\x0b\x43ommandInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\x08\x12\x0b\n\x03\x64oc\x18\x03 \x01(\t\"\xbe\x01\n\x10\x44\x65scribeResponse\x12\x10\n\x08language\x18\x01 \x01(\t\x12\x17\n\x0fruntime_version\x18\x02 \x01(\t\x12\x0b\n\x03pid\x18\x03 \x01(\x03\x12\x0f\n\x07handler\x18\x04 \x01(\t\x12\x31\n\x08\x63ommands\x18\x05 \x03(\x0b\x32\x1f.snakepit.bridge.v1.CommandInfo\x12\x18\n\x10protocol_version\x18\x06 \x01(\t\x12\x14\n\x0c\x61\x63tive_calls\x18\x07 \x01(\x05\"\x80\x02\n\x0b\x45rrorDetail\x12\x32\n\x04kind\x18\x01 \x01(\x0e\x32$.snakepit.bridge.v1.ErrorDetail.Kind\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\"\x8a\x01\n\x04Kind\x12\x14\n\x10KIND_UNSPECIFIED\x10\x00\x12\x11\n\rCOMMAND_ERROR\x10\x01\x12\x13\n\x0fUNKNOWN_COMMAND\x10\x02\x12\x15\n\x11INVALID_ARGUMENTS\x10\x03\x12\x0b\n\x07TIMEOUT\x10\x04\x12\r\n\tCANCELLED\x10\x05\x12\x11\n\rSESSION_ERROR\x10\x06\x32\xb5\x04\n\x06\x42ridge\x12R\n\x07\x45xecute\x12\".snakepit.bridge.v1.ExecuteRequest\x1a#.snakepit.bridge.v1.ExecuteResponse\x12\x61\n\x0c\x45xecuteBatch\x12\'.snakepit.bridge.v1.ExecuteBatchRequest\x1a(.snakepit.bridge.v1.ExecuteBatchResponse\x12`\n\rExecuteStream\x12\".snakepit.bridge.v1.ExecuteRequest\x1a).snakepit.bridge.v1.ExecuteStreamResponse0\x01\x12^\n\x0bInitSession\x12&.snakepit.bridge.v1.InitSessionRequest\x1a\'.snakepit.bridge.v1.InitSessionResponse\x12[\n\nEndSession\x12%.snakepit.bridge.v1.EndSessionRequest\x1a&.snakepit.bridge.v1.EndSessionResponse\x12U\n\x08\x44\x65scribe\x12#.snakepit.bridge.v1.DescribeRequest\x1a$.snakepit.bridge.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,26 +37,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST']._serialized_end=229
   _globals['_EXECUTERESPONSE']._serialized_start=231
   _globals['_EXECUTERESPONSE']._serialized_end=293
-  _globals['_EXECUTESTREAMRESPONSE']._serialized_start=295
-  _globals['_EXECUTESTREAMRESPONSE']._serialized_end=363
-  _globals['_INITSESSIONREQUEST']._serialized_start=365
-  _globals['_INITSESSIONREQUEST']._serialized_end=448
-  _globals['_INITSESSIONRESPONSE']._serialized_start=450
-  _globals['_INITSESSIONRESPONSE']._serialized_end=471
-  _globals['_ENDSESSIONREQUEST']._serialized_start=473
-  _globals['_ENDSESSIONREQUEST']._serialized_end=512
-  _globals['_ENDSESSIONRESPONSE']._serialized_start=514
-  _globals['_ENDSESSIONRESPONSE']._serialized_end=551
-  _globals['_DESCRIBEREQUEST']._serialized_start=553
-  _globals['_DESCRIBEREQUEST']._serialized_end=570
-  _globals['_COMMANDINFO']._serialized_start=572
-  _globals['_COMMANDINFO']._serialized_end=628
-  _globals['_DESCRIBERESPONSE']._serialized_start=631
-  _globals['_DESCRIBERESPONSE']._serialized_end=821
-  _globals['_ERRORDETAIL']._serialized_start=824
-  _globals['_ERRORDETAIL']._serialized_end=1080
-  _globals['_ERRORDETAIL_KIND']._serialized_start=942
-  _globals['_ERRORDETAIL_KIND']._serialized_end=1080
-  _globals['_BRIDGE']._serialized_start=1083
-  _globals['_BRIDGE']._serialized_end=1549
+  _globals['_EXECUTEBATCHREQUEST']._serialized_start=296
+  _globals['_EXECUTEBATCHREQUEST']._serialized_end=458
+  _globals['_ITEMRESULT']._serialized_start=460
+  _globals['_ITEMRESULT']._serialized_end=577
+  _globals['_EXECUTEBATCHRESPONSE']._serialized_start=579
+  _globals['_EXECUTEBATCHRESPONSE']._serialized_end=650
+  _globals['_EXECUTESTREAMRESPONSE']._serialized_start=652
+  _globals['_EXECUTESTREAMRESPONSE']._serialized_end=720
+  _globals['_INITSESSIONREQUEST']._serialized_start=722
+  _globals['_INITSESSIONREQUEST']._serialized_end=805
+  _globals['_INITSESSIONRESPONSE']._serialized_start=807
+  _globals['_INITSESSIONRESPONSE']._serialized_end=828
+  _globals['_ENDSESSIONREQUEST']._serialized_start=830
+  _globals['_ENDSESSIONREQUEST']._serialized_end=869
+  _globals['_ENDSESSIONRESPONSE']._serialized_start=871
+  _globals['_ENDSESSIONRESPONSE']._serialized_end=908
+  _globals['_DESCRIBEREQUEST']._serialized_start=910
+  _globals['_DESCRIBEREQUEST']._serialized_end=927
+  _globals['_COMMANDINFO']._serialized_start=929
+  _globals['_COMMANDINFO']._serialized_end=985
+  _globals['_DESCRIBERESPONSE']._serialized_start=988
+  _globals['_DESCRIBERESPONSE']._serialized_end=1178
+  _globals['_ERRORDETAIL']._serialized_start=1181
+  _globals['_ERRORDETAIL']._serialized_end=1437
+  _globals['_ERRORDETAIL_KIND']._serialized_start=1299
+  _globals['_ERRORDETAIL_KIND']._serialized_end=1437
+  _globals['_BRIDGE']._serialized_start=1440
+  _globals['_BRIDGE']._serialized_end=2005
 # @@protoc_insertion_point(module_scope)

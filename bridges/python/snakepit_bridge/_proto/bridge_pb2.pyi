@@ -123,6 +123,121 @@ class ExecuteResponse(_message.Message):
 Global___ExecuteResponse: _TypeAlias = ExecuteResponse  # noqa: Y015
 
 @_typing.final
+class ExecuteBatchRequest(_message.Message):
+    """Many calls of one command in one message (a batch map's slice).
+
+    Each item is the args object of one call of `command`. The bridge runs the
+    items in its own process one after another, in order, as it would run an
+    Execute of each (argument checks, session state, soft deadline), without a
+    gRPC call per item, and counts each item as a request. An unknown command
+    or a stream command fails the whole call with a non-OK status, as Execute
+    does; any other failure belongs to its item (ItemResult.error).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMMAND_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    TIMEOUT_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    STOP_ON_ERROR_FIELD_NUMBER: _builtins.int
+    command: _builtins.str
+    session_id: _builtins.str
+    """The caller's session id, or empty for stateless calls; every item sees
+    the session's state, as an Execute with this session id would.
+    """
+    timeout: _builtins.float
+    """Soft deadline of each item (seconds from the item's start; 0 means none)."""
+    request_id: _builtins.str
+    stop_on_error: _builtins.bool
+    """Stop at the first failed item: the items after it are not run."""
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___Payload]:
+        """The args object of each call, in order."""
+
+    def __init__(
+        self,
+        *,
+        command: _builtins.str = ...,
+        items: _abc.Iterable[Global___Payload] | None = ...,
+        session_id: _builtins.str = ...,
+        timeout: _builtins.float = ...,
+        request_id: _builtins.str = ...,
+        stop_on_error: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["command", b"command", "items", b"items", "request_id", b"request_id", "session_id", b"session_id", "stop_on_error", b"stop_on_error", "timeout", b"timeout"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteBatchRequest: _TypeAlias = ExecuteBatchRequest  # noqa: Y015
+
+@_typing.final
+class ItemResult(_message.Message):
+    """The outcome of one item of a batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    ERROR_FIELD_NUMBER: _builtins.int
+    OK_FIELD_NUMBER: _builtins.int
+    ok: _builtins.bool
+    @_builtins.property
+    def result(self) -> Global___Payload:
+        """The item's result when ok."""
+
+    @_builtins.property
+    def error(self) -> Global___ErrorDetail:
+        """What went wrong when not ok (as Execute's trailing ErrorDetail)."""
+
+    def __init__(
+        self,
+        *,
+        result: Global___Payload | None = ...,
+        error: Global___ErrorDetail | None = ...,
+        ok: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["error", b"error", "ok", b"ok", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ItemResult: _TypeAlias = ItemResult  # noqa: Y015
+
+@_typing.final
+class ExecuteBatchResponse(_message.Message):
+    """One result per item, in the order of the items, with two exceptions, both
+    making the list shorter than the items (never out of order):
+    - with stop_on_error, the items after the first failed one were not run
+      and have no result (the last result is then the failed one);
+    - a bridge stops before the next item once the results reach half its
+      message limit, so the response always fits; the caller sends the items
+      left over in a new call. A result too large for the room left is that
+      item's PayloadTooLarge error (the command ran, as with Execute).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def results(self) -> _containers.RepeatedCompositeFieldContainer[Global___ItemResult]: ...
+    def __init__(
+        self,
+        *,
+        results: _abc.Iterable[Global___ItemResult] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["results", b"results"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteBatchResponse: _TypeAlias = ExecuteBatchResponse  # noqa: Y015
+
+@_typing.final
 class ExecuteStreamResponse(_message.Message):
     """One message of a stream. A bridge may coalesce several chunks that are
     ready at once into one message; the order of chunks is the order of the

@@ -39,6 +39,11 @@ class BridgeStub:
                 request_serializer=snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteRequest.SerializeToString,
                 response_deserializer=snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteResponse.FromString,
                 _registered_method=True)
+        self.ExecuteBatch = channel.unary_unary(
+                '/snakepit.bridge.v1.Bridge/ExecuteBatch',
+                request_serializer=snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteBatchRequest.SerializeToString,
+                response_deserializer=snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteBatchResponse.FromString,
+                _registered_method=True)
         self.ExecuteStream = channel.unary_stream(
                 '/snakepit.bridge.v1.Bridge/ExecuteStream',
                 request_serializer=snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteRequest.SerializeToString,
@@ -66,6 +71,13 @@ class BridgeServicer:
 
     def Execute(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecuteBatch(self, request, context):
+        """Many calls of one command in one message (see ExecuteBatchRequest).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -101,6 +113,11 @@ def add_BridgeServicer_to_server(servicer, server):
                     servicer.Execute,
                     request_deserializer=snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteRequest.FromString,
                     response_serializer=snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteResponse.SerializeToString,
+            ),
+            'ExecuteBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExecuteBatch,
+                    request_deserializer=snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteBatchRequest.FromString,
+                    response_serializer=snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteBatchResponse.SerializeToString,
             ),
             'ExecuteStream': grpc.unary_stream_rpc_method_handler(
                     servicer.ExecuteStream,
@@ -150,6 +167,33 @@ class Bridge:
             '/snakepit.bridge.v1.Bridge/Execute',
             snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteRequest.SerializeToString,
             snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/snakepit.bridge.v1.Bridge/ExecuteBatch',
+            snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteBatchRequest.SerializeToString,
+            snakepit_dot_bridge_dot_v1_dot_bridge__pb2.ExecuteBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -47,6 +47,8 @@ class BridgeStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> BridgeAsyncStub: ...
     Execute: _grpc.UnaryUnaryMultiCallable[_bridge_pb2.ExecuteRequest, _bridge_pb2.ExecuteResponse]
+    ExecuteBatch: _grpc.UnaryUnaryMultiCallable[_bridge_pb2.ExecuteBatchRequest, _bridge_pb2.ExecuteBatchResponse]
+    """Many calls of one command in one message (see ExecuteBatchRequest)."""
     ExecuteStream: _grpc.UnaryStreamMultiCallable[_bridge_pb2.ExecuteRequest, _bridge_pb2.ExecuteStreamResponse]
     InitSession: _grpc.UnaryUnaryMultiCallable[_bridge_pb2.InitSessionRequest, _bridge_pb2.InitSessionResponse]
     EndSession: _grpc.UnaryUnaryMultiCallable[_bridge_pb2.EndSessionRequest, _bridge_pb2.EndSessionResponse]
@@ -56,6 +58,8 @@ class BridgeStub:
 class BridgeAsyncStub(BridgeStub):
     def __init__(self, channel: _aio.Channel) -> None: ...
     Execute: _aio.UnaryUnaryMultiCallable[_bridge_pb2.ExecuteRequest, _bridge_pb2.ExecuteResponse]  # type: ignore[assignment]
+    ExecuteBatch: _aio.UnaryUnaryMultiCallable[_bridge_pb2.ExecuteBatchRequest, _bridge_pb2.ExecuteBatchResponse]  # type: ignore[assignment]
+    """Many calls of one command in one message (see ExecuteBatchRequest)."""
     ExecuteStream: _aio.UnaryStreamMultiCallable[_bridge_pb2.ExecuteRequest, _bridge_pb2.ExecuteStreamResponse]  # type: ignore[assignment]
     InitSession: _aio.UnaryUnaryMultiCallable[_bridge_pb2.InitSessionRequest, _bridge_pb2.InitSessionResponse]  # type: ignore[assignment]
     EndSession: _aio.UnaryUnaryMultiCallable[_bridge_pb2.EndSessionRequest, _bridge_pb2.EndSessionResponse]  # type: ignore[assignment]
@@ -68,6 +72,14 @@ class BridgeServicer(metaclass=_abc_1.ABCMeta):
         request: _bridge_pb2.ExecuteRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_bridge_pb2.ExecuteResponse, _abc.Awaitable[_bridge_pb2.ExecuteResponse]]: ...
+
+    @_abc_1.abstractmethod
+    def ExecuteBatch(
+        self,
+        request: _bridge_pb2.ExecuteBatchRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bridge_pb2.ExecuteBatchResponse, _abc.Awaitable[_bridge_pb2.ExecuteBatchResponse]]:
+        """Many calls of one command in one message (see ExecuteBatchRequest)."""
 
     @_abc_1.abstractmethod
     def ExecuteStream(

@@ -34,9 +34,14 @@ module SnakepitBridge
         @traceback = traceback
       end
 
+      # The ErrorDetail message of this failure.
+      def to_detail
+        Snakepit::Bridge::V1::ErrorDetail.new(kind: kind, type: type, message: message, traceback: traceback)
+      end
+
       # The GRPC::BadStatus the server raises to send this failure.
       def to_status
-        detail = Snakepit::Bridge::V1::ErrorDetail.new(kind: kind, type: type, message: message, traceback: traceback)
+        detail = to_detail
         code = TYPE_STATUS[type] || STATUS.fetch(kind)
         details = kind == :COMMAND_ERROR ? "#{type}: #{message}" : message
         GRPC::BadStatus.new_status_exception(code, details, { ERROR_KEY => Snakepit::Bridge::V1::ErrorDetail.encode(detail) })

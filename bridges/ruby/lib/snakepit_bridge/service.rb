@@ -3,6 +3,7 @@
 require 'etc'
 require 'grpc'
 require 'snakepit/bridge/v1/bridge_services_pb'
+require 'snakepit_bridge/batch'
 require 'snakepit_bridge/errors'
 require 'snakepit_bridge/handler'
 require 'snakepit_bridge/streams'
@@ -29,6 +30,8 @@ module SnakepitBridge
   # ended, which after a cancel may be long after the gRPC call (a command in a
   # long step between yields), so the pool can wait for it or kill the bridge.
   class BridgeService < Snakepit::Bridge::V1::Bridge::Service
+    include Batch
+
     V1 = Snakepit::Bridge::V1
     Failure = Errors::Failure
     # Largest stream message (many chunks); a bigger lone chunk goes alone.
@@ -70,10 +73,8 @@ module SnakepitBridge
       @stats.requests += 1
       enter_call
       begin
-        spec, args, ctx = prepare(request, call)
-        raise Failure.new(:INVALID_ARGUMENTS, 'InvalidArguments', "command '#{spec.name}' is a stream command; call it with ExecuteStream") if spec.stream
-
-        V1::ExecuteResponse.new(result: invoke(spec, args, ctx))
+        spec = unary_command(request.command)
+        V1::ExecuteResponse.new(result: invoke(spec, arguments(spec, request.args), context(request, call)))
       ensure
         leave_call
       end
@@ -186,12 +187,24 @@ module SnakepitBridge
 
     # Look the command up, decode and check its args, find its session: [spec, args, ctx].
     def prepare(request, call)
-      spec = @commands[request.command]
-      if spec.nil?
-        raise Failure.new(:UNKNOWN_COMMAND, 'UnknownCommand',
-                          "unknown command '#{request.command}'; the commands there are: #{@commands.keys.sort.join(', ')}")
-      end
+      spec = command(request.command)
       [spec, arguments(spec, request.args), context(request, call)]
+    end
+
+    def command(name)
+      spec = @commands[name]
+      return spec unless spec.nil?
+
+      raise Failure.new(:UNKNOWN_COMMAND, 'UnknownCommand',
+                        "unknown command '#{name}'; the commands there are: #{@commands.keys.sort.join(', ')}")
+    end
+
+    # The command for a unary call (Execute, ExecuteBatch): a stream command is refused.
+    def unary_command(name)
+      spec = command(name)
+      raise Failure.new(:INVALID_ARGUMENTS, 'InvalidArguments', "command '#{spec.name}' is a stream command; call it with ExecuteStream") if spec.stream
+
+      spec
     end
 
     def arguments(spec, payload)

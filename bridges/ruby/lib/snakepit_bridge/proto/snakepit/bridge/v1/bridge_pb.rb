@@ -19,6 +19,22 @@ Google::Protobuf::DescriptorPool.generated_pool.build do
     add_message "snakepit.bridge.v1.ExecuteResponse" do
       optional :result, :message, 1, "snakepit.bridge.v1.Payload"
     end
+    add_message "snakepit.bridge.v1.ExecuteBatchRequest" do
+      optional :command, :string, 1
+      repeated :items, :message, 2, "snakepit.bridge.v1.Payload"
+      optional :session_id, :string, 3
+      optional :timeout, :double, 4
+      optional :request_id, :string, 5
+      optional :stop_on_error, :bool, 6
+    end
+    add_message "snakepit.bridge.v1.ItemResult" do
+      optional :result, :message, 1, "snakepit.bridge.v1.Payload"
+      optional :error, :message, 2, "snakepit.bridge.v1.ErrorDetail"
+      optional :ok, :bool, 3
+    end
+    add_message "snakepit.bridge.v1.ExecuteBatchResponse" do
+      repeated :results, :message, 1, "snakepit.bridge.v1.ItemResult"
+    end
     add_message "snakepit.bridge.v1.ExecuteStreamResponse" do
       repeated :chunks, :message, 1, "snakepit.bridge.v1.Payload"
     end
@@ -74,6 +90,9 @@ module Snakepit
       Payload = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("snakepit.bridge.v1.Payload").msgclass
       ExecuteRequest = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("snakepit.bridge.v1.ExecuteRequest").msgclass
       ExecuteResponse = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("snakepit.bridge.v1.ExecuteResponse").msgclass
+      ExecuteBatchRequest = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("snakepit.bridge.v1.ExecuteBatchRequest").msgclass
+      ItemResult = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("snakepit.bridge.v1.ItemResult").msgclass
+      ExecuteBatchResponse = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("snakepit.bridge.v1.ExecuteBatchResponse").msgclass
       ExecuteStreamResponse = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("snakepit.bridge.v1.ExecuteStreamResponse").msgclass
       InitSessionRequest = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("snakepit.bridge.v1.InitSessionRequest").msgclass
       InitSessionResponse = ::Google::Protobuf::DescriptorPool.generated_pool.lookup("snakepit.bridge.v1.InitSessionResponse").msgclass

@@ -33,6 +33,8 @@ module Snakepit
           self.service_name = 'snakepit.bridge.v1.Bridge'
 
           rpc :Execute, ::Snakepit::Bridge::V1::ExecuteRequest, ::Snakepit::Bridge::V1::ExecuteResponse
+          # Many calls of one command in one message (see ExecuteBatchRequest).
+          rpc :ExecuteBatch, ::Snakepit::Bridge::V1::ExecuteBatchRequest, ::Snakepit::Bridge::V1::ExecuteBatchResponse
           rpc :ExecuteStream, ::Snakepit::Bridge::V1::ExecuteRequest, stream(::Snakepit::Bridge::V1::ExecuteStreamResponse)
           rpc :InitSession, ::Snakepit::Bridge::V1::InitSessionRequest, ::Snakepit::Bridge::V1::InitSessionResponse
           rpc :EndSession, ::Snakepit::Bridge::V1::EndSessionRequest, ::Snakepit::Bridge::V1::EndSessionResponse

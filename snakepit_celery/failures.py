@@ -1,0 +1,110 @@
+"""What a failed call on a bridge means: the caller's error, and the bridge's fate.
+
+A failure the bridge reported (an ``ErrorDetail``) leaves the bridge in
+service. Anything else is the bridge's fault and costs it its place: past
+the hard timeout it is killed (``CommandTimeout``); otherwise it died, or
+is killed because its connection failed, and the caller gets
+``BridgeCrashed``, since the command may have run, wholly or in part.
+
+The one failure that proves a command did not run is a call that never left
+this process: gRPC found no connection to the bridge's socket and the
+process is gone (:func:`~snakepit_celery.rpc.never_sent`), or the channel
+was already dropped because the supervisor had seen the exit. Such a call
+is run once more on another bridge (:func:`unsent`), idempotent or not.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import grpc
+
+from snakepit_celery.bridge_stream import settle_cancelled
+from snakepit_celery.errors import (
+    BridgeCrashed,
+    CommandCancelled,
+    CommandTimeout,
+    PoolClosed,
+    SnakepitError,
+)
+from snakepit_celery.rpc import map_rpc_error
+
+if TYPE_CHECKING:
+    from snakepit_celery.bridge import Bridge
+    from snakepit_celery.checkout import Slot
+    from snakepit_celery.pool import BridgePool
+
+__all__ = ["confirm_death", "crashed", "rpc_failed", "unsent"]
+
+#: Seconds a failed call waits to see the bridge's exit before calling it a crash.
+CRASH_CONFIRM = 0.5
+
+
+def confirm_death(bridge: Bridge) -> bool:
+    """True if the bridge's process has exited, waiting up to ``CRASH_CONFIRM`` for it."""
+    return bridge.known_dead() or bridge.process.has_exited(CRASH_CONFIRM)
+
+
+def rpc_failed(
+    pool: BridgePool,
+    slot: Slot,
+    bridge: Bridge,
+    exc: grpc.RpcError,
+    command: str,
+    hard: float,
+    *,
+    cancelled: bool = False,
+) -> SnakepitError:
+    """Turn a failed call into the error to raise, giving the slot back (or replacing it)."""
+    mapped = map_rpc_error(exc, command=command, limit=pool.config.max_payload_bytes)
+    if mapped is not None:
+        pool._release(slot, bridge, failed=True)
+        return mapped
+    code = exc.code() if hasattr(exc, "code") else None
+    if cancelled and code == grpc.StatusCode.CANCELLED:
+        settle_cancelled(pool, slot, bridge, command)
+        return CommandCancelled(f"{command!r} was cancelled by the caller")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED and hard:
+        bridge.exit_reason = f"killed: {command!r} ran past its hard timeout of {hard}s"
+        bridge.kill()
+        pool._release(slot, bridge, failed=True, broken=bridge.exit_reason)
+        return CommandTimeout(
+            f"{command!r} ran past its hard timeout of {hard}s; bridge pid {bridge.pid} was killed "
+            "and is being replaced"
+        )
+    return crashed(pool, slot, bridge, exc, command, died=confirm_death(bridge))
+
+
+def crashed(
+    pool: BridgePool, slot: Slot, bridge: Bridge, exc: grpc.RpcError, command: str, *, died: bool
+) -> SnakepitError:
+    """The call failed with its bridge: kill and replace it; ``BridgeCrashed`` for the caller."""
+    code = exc.code() if hasattr(exc, "code") else None
+    if not died:
+        bridge.exit_reason = f"killed: its connection failed during {command!r}"
+    bridge.kill()
+    pool._release(slot, bridge, failed=True, broken="crashed")
+    if pool._closed:
+        return PoolClosed(f"pool {pool.name!r} closed while {command!r} was running")
+    details = exc.details() if hasattr(exc, "details") else str(exc)
+    return BridgeCrashed(
+        f"pool {pool.name!r}: bridge pid {bridge.pid} {'died' if died else 'stopped answering'} "
+        f"during {command!r} ({code.name if code else 'error'}: {details}); it is being replaced"
+    )
+
+
+def unsent(pool: BridgePool, slot: Slot, bridge: Bridge, command: str, *, last: bool) -> SnakepitError:
+    """The bridge had died before ``command`` was sent to it: replace it.
+
+    Unless this was the ``last`` try, the caller runs the call again and the
+    error is not raised, so this try counts neither as a request nor as an
+    error (the replacement is a restart like any other).
+    """
+    bridge.kill()
+    pool._release(slot, bridge, failed=last, broken="crashed", counted=last)
+    if pool._closed:
+        return PoolClosed(f"pool {pool.name!r} closed before {command!r} could run")
+    return BridgeCrashed(
+        f"pool {pool.name!r}: bridge pid {bridge.pid} had died before {command!r} could be sent to it, "
+        "and so had the one of its first try; it is being replaced"
+    )

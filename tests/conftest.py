@@ -8,70 +8,21 @@ from __future__ import annotations
 
 import os
 import socket
-import time
-import uuid
 from collections.abc import Iterator
 
-import psutil
 import pytest
+from testprocs import LONG_LIVED, assert_no_orphans, missing_service
 
 from snakepit_celery.embedded import EmbeddedRedis
 
 pytest_plugins = ("celery.contrib.pytest",)
-
-#: Every process started by this test run inherits this mark in its environment,
-#: so a process that outlived its test is found even after init adopted it.
-RUN_MARK = "SNAKEPIT_TEST_RUN"
-os.environ[RUN_MARK] = uuid.uuid4().hex
-#: Pids of processes that live for the whole run on purpose (the test Redis).
-LONG_LIVED: set[int] = set()
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
-def missing_service(reason: str) -> None:
-    """Skip the test locally; fail it in CI."""
-    if IN_CI:
-        pytest.fail(f"CI=true and a service is missing: {reason}")
-    pytest.skip(reason)
-
-
-def marked_processes() -> list[psutil.Process]:
-    """Live processes started by this test run, other than pytest and the long-lived ones."""
-    mark = os.environ[RUN_MARK]
-    me = os.getpid()
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid == me or proc.pid in LONG_LIVED:
-            continue
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if proc.environ().get(RUN_MARK) == mark:
-                found.append(proc)
-        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
-            continue
-    return found
 
 
 @pytest.fixture(autouse=True)
 def no_orphans() -> Iterator[None]:
     """Fail a test that leaves any process of its own running (polled for 10 s)."""
     yield
-    deadline = time.monotonic() + 10
-    left = marked_processes()
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = marked_processes()
-    if left:
-        described = []
-        for proc in left:
-            try:
-                described.append(f"{proc.pid}: {' '.join(proc.cmdline())[:200]}")
-                proc.kill()
-            except psutil.Error:
-                continue
-        pytest.fail("processes outlived the test: " + "; ".join(described))
+    assert_no_orphans()
 
 
 @pytest.fixture(scope="session")

@@ -27,17 +27,13 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from testprocs import LONG_LIVED
 
 from .common import BridgeProcess, Client, Launch, descendants, gone, new_socket_path, remove_socket_dir
 from .contract_batch import BatchContract
 from .contract_lifecycle import SessionLifecycleContract
 from .contract_streams import StreamContract
 from .contract_unary import UnaryContract
-
-try:  # the root conftest's registry of processes that outlive single tests on purpose
-    from conftest import LONG_LIVED
-except ImportError:  # pragma: no cover - run outside this repository's test tree
-    LONG_LIVED: set[int] = set()  # type: ignore[no-redef]
 
 __all__ = ["LONG_LIVED", "BridgeContract", "Launch"]
 

@@ -24,6 +24,7 @@ import psutil
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from snakepit_bridge import wire
 from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
+from testprocs import LONG_LIVED
 
 #: Commands of the showcase handler every bridge serves.
 SHOWCASE_UNARY = (
@@ -239,7 +240,10 @@ def dumps(value: Any) -> bytes:
 
 
 def descendants() -> Iterator[psutil.Process]:
-    yield from psutil.Process().children(recursive=True)
+    """Live children of the test process, except those kept for the whole run (the test Redis)."""
+    for proc in psutil.Process().children(recursive=True):
+        if proc.pid not in LONG_LIVED:
+            yield proc
 
 
 #: launch(extra_args=None) -> (process, client): a private bridge for one test.

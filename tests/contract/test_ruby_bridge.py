@@ -13,8 +13,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import missing_service
 from snakepit_bridge._proto import bridge_pb2
+from testprocs import missing_service
 
 from snakepit_celery.adapters import resolve_adapter
 from snakepit_celery.config import PoolConfig

@@ -1,213 +1,18 @@
-"""Real Celery workers in subprocesses, against the test run's Redis or the machine's RabbitMQ.
-
-``worker_factory`` (per test) and ``module_worker_factory`` (per module, for
-tests that do not kill their worker) start ``celery -A itapp worker`` with a
-config of pools, wait until it answers a ping, and always stop it. Every
-worker group gets a unique prefix for its queues and exchanges; on RabbitMQ
-those queues and exchanges are deleted afterwards (only ours, never others').
+"""Fixtures of the integration tests: worker factories, and the orphan check
+that leaves module-scoped workers' process trees alone until their module ends.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
-from celery import Celery
-from itapp import make_app
+from itworkers import SHARED_ROOTS, WorkerFactory
+from testprocs import assert_no_orphans
 
-from snakepit_celery import SnakepitConfig
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.workerproc import WorkerProcess
-
-HERE = Path(__file__).parent
-#: Redis databases handed out in turn (0 is left to the ``redis_url`` fixture).
-_next_db = iter(range(10**6))
-
-#: Pids of workers that live for a whole module: their process trees are not orphans.
-SHARED_ROOTS: set[int] = set()
-
-
-def _alloc_db(server: EmbeddedRedis) -> str:
-    import redis
-
-    db = 1 + next(_next_db) % 15
-    client = redis.Redis.from_url(server.url(db))
-    client.flushdb()
-    client.close()
-    return server.url(db)
-
-
-@dataclass
-class Worker:
-    """One running worker and a caller-side app that talks to it."""
-
-    app: Celery
-    hostname: str
-    process: WorkerProcess
-    config: SnakepitConfig
-    prefix: str
-    broker: str
-    env: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def execute(self) -> Any:
-        return self.app.tasks["snakepit.execute"]
-
-    def stats(self) -> dict[str, Any]:
-        replies = self.app.control.broadcast(
-            "snakepit_stats", destination=[self.hostname], reply=True, timeout=5.0
-        )
-        for reply in replies or []:
-            if self.hostname in reply:
-                return dict(reply[self.hostname])
-        raise AssertionError(f"{self.hostname} did not answer snakepit_stats:\n{self.process.log()[-2000:]}")
-
-    def bridge_pids(self) -> list[int]:
-        return [
-            int(b["pid"])
-            for p in self.stats()["pools"].values()
-            for b in p["bridges"]
-            if b["pid"] is not None
-        ]
-
-    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 20.0) -> dict[str, Any]:
-        """Poll the worker's stats until ``predicate`` holds; the stats then."""
-        deadline = time.monotonic() + timeout
-        while True:
-            stats = self.stats()
-            if predicate(stats):
-                return stats
-            if time.monotonic() > deadline:
-                raise AssertionError(f"condition not met within {timeout}s; stats: {stats}")
-            time.sleep(0.05)
-
-
-def pool_toml(pools: dict[str, dict[str, Any]]) -> str:
-    lines = []
-    for name, table in pools.items():
-        lines.append(f"[pools.{name}]")
-        for key, value in table.items():
-            lines.append(f"{key} = {value!r}".replace("'", '"'))
-    return "\n".join(lines) + "\n"
-
-
-class WorkerFactory:
-    """Starts workers; ``close()`` stops every one of them and deletes their broker objects."""
-
-    def __init__(self, tmp: Path, redis_server: EmbeddedRedis, request: pytest.FixtureRequest, shared: bool):
-        self.tmp = tmp
-        self.redis_server = redis_server
-        self.request = request
-        self.shared = shared
-        self.workers: list[Worker] = []
-        self.amqp_prefixes: list[tuple[str, SnakepitConfig, str]] = []
-
-    def broker_url(self, kind: str) -> str:
-        if kind == "redis":
-            return _alloc_db(self.redis_server)
-        return str(self.request.getfixturevalue("rabbitmq_url"))
-
-    def __call__(
-        self,
-        pools: dict[str, dict[str, Any]] | None = None,
-        *,
-        broker: str = "redis",
-        name: str = "w",
-        prefix: str | None = None,
-        args: tuple[str, ...] = (),
-        env: dict[str, str] | None = None,
-        wait: bool = True,
-    ) -> Worker:
-        pools = pools or {"python": {"size": 2}}
-        prefix = prefix or f"it{uuid.uuid4().hex[:10]}"
-        broker_url = broker if "://" in broker else self.broker_url(broker)
-        backend = broker_url if broker_url.startswith("redis") else _alloc_db(self.redis_server)
-        config_file = self.tmp / f"{prefix}-{name}.toml"
-        config_file.write_text(pool_toml(pools))
-        worker_env = {
-            "IT_BROKER": broker_url,
-            "IT_BACKEND": backend,
-            "IT_PREFIX": prefix,
-            "SNAKEPIT_CONFIG": str(config_file),
-            "SNAKEPIT_QUEUE_PREFIX": prefix,
-            **(env or {}),
-        }
-        config = SnakepitConfig.from_env(worker_env)
-        app = make_app(broker=broker_url, backend=backend, prefix=prefix, config=config)
-        hostname = f"{prefix}-{name}@{socket.gethostname()}"
-        argv = ["-A", "itapp", "worker", "-n", hostname, "--loglevel", "INFO", "--without-mingle"]
-        process = WorkerProcess([*argv, "--without-gossip", *args], env=worker_env, cwd=str(HERE))
-        worker = Worker(app, hostname, process, config, prefix, broker_url, worker_env)
-        self.workers.append(worker)
-        if not broker_url.startswith("redis"):
-            self.amqp_prefixes.append((prefix, config, broker_url))
-        process.start()
-        if self.shared:
-            SHARED_ROOTS.add(process.pid)
-        if wait:
-            process.wait_ready(app, hostname, timeout=60)
-        return worker
-
-    def close(self) -> None:
-        survivors: list[str] = []
-        for worker in self.workers:
-            try:
-                tree = psutil.Process(worker.process.pid).children(recursive=True)
-            except psutil.Error:
-                tree = []
-            worker.process.close()
-            SHARED_ROOTS.discard(worker.process.pid)
-            worker.app.close()
-            survivors += _reap(tree)
-        for prefix, config, url in self.amqp_prefixes:
-            _delete_amqp_objects(url, prefix, config)
-        assert not survivors, f"processes outlived their worker: {survivors}"
-
-
-def _reap(procs: list[psutil.Process], timeout: float = 10.0) -> list[str]:
-    """Wait for ``procs`` to end; kill and describe those that did not."""
-    _gone, alive = psutil.wait_procs(procs, timeout=timeout)
-    described = []
-    for proc in alive:
-        try:
-            described.append(f"{proc.pid}: {' '.join(proc.cmdline())[:200]}")
-            proc.kill()
-        except psutil.Error:
-            continue
-    return described
-
-
-def _delete_amqp_objects(url: str, prefix: str, config: SnakepitConfig) -> None:
-    """Remove the queues and exchanges this test made on the shared RabbitMQ (names with our prefix)."""
-    from kombu import Connection
-
-    queues = [config.queue_name(p.name) for p in config.pools] + [f"{prefix}.default"]
-    exchanges = [*queues, f"{prefix}.control.pidbox", f"reply.{prefix}.control.pidbox", f"{prefix}.ev"]
-    with Connection(url) as conn:
-        for queue in queues:
-            channel = conn.channel()
-            try:
-                channel.queue_delete(queue)
-            except Exception:
-                pass
-            finally:
-                channel.close()
-        for exchange in exchanges:
-            channel = conn.channel()
-            try:
-                channel.exchange_delete(exchange)
-            except Exception:
-                pass
-            finally:
-                channel.close()
 
 
 @pytest.fixture
@@ -239,38 +44,8 @@ def _under_shared_worker(proc: psutil.Process) -> bool:
         return False
 
 
-def _marked_processes(exclude: set[int]) -> list[psutil.Process]:
-    mark = os.environ["SNAKEPIT_TEST_RUN"]
-    found = []
-    for proc in psutil.process_iter():
-        if proc.pid == os.getpid() or proc.pid in exclude:
-            continue
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                continue
-            if proc.environ().get("SNAKEPIT_TEST_RUN") == mark and not _under_shared_worker(proc):
-                found.append(proc)
-        except psutil.Error:
-            continue
-    return found
-
-
 @pytest.fixture(autouse=True)
 def no_orphans(redis_server: EmbeddedRedis) -> Iterator[None]:
     """The root check, except for the process trees of module-scoped workers (checked at their end)."""
     yield
-    exclude = {redis_server.process.pid} if redis_server.process else set()
-    deadline = time.monotonic() + 10
-    left = _marked_processes(exclude)
-    while left and time.monotonic() < deadline:
-        time.sleep(0.05)
-        left = _marked_processes(exclude)
-    if left:
-        described = []
-        for proc in left:
-            try:
-                described.append(f"{proc.pid}: {' '.join(proc.cmdline())[:200]}")
-                proc.kill()
-            except psutil.Error:
-                continue
-        pytest.fail("processes outlived the test: " + "; ".join(described))
+    assert_no_orphans(skip=_under_shared_worker)

@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from celery.result import AsyncResult
-from conftest import Worker, WorkerFactory
+from itworkers import Worker, WorkerFactory
 
 from snakepit_celery import batch_map
 from snakepit_celery.batch import pool_capacity

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from celery import chain, chord, group
 from celery.exceptions import ChordError
-from conftest import Worker, WorkerFactory
+from itworkers import Worker, WorkerFactory
 
 from snakepit_celery import (
     CommandError,

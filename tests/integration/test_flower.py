@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import HERE, Worker, WorkerFactory
+from itworkers import HERE, Worker, WorkerFactory
 
 from snakepit_celery import CommandError
 from snakepit_celery.workerproc import WorkerFailed, WorkerProcess

@@ -15,7 +15,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import HERE, Worker, WorkerFactory
+from itworkers import HERE, Worker, WorkerFactory
 from prometheus_client.parser import text_string_to_metric_families
 
 from snakepit_celery import CommandError, UnknownCommand

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import Worker, WorkerFactory
+from itworkers import Worker, WorkerFactory
 
 from snakepit_celery import InvalidArguments, python
 

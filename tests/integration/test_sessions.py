@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from conftest import Worker, WorkerFactory
+from itworkers import Worker, WorkerFactory
 from kombu import Connection
 
 from snakepit_celery import InvalidSessionId

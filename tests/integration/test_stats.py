@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from celery.result import AsyncResult
-from conftest import Worker, WorkerFactory
+from itworkers import Worker, WorkerFactory
 
 from snakepit_celery import (
     BridgeCrashed,

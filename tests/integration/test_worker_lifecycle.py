@@ -7,7 +7,7 @@ import time
 
 import psutil
 import redis
-from conftest import WorkerFactory
+from itworkers import WorkerFactory
 
 
 def _wait_gone(pids: list[int], timeout: float = 10.0) -> list[int]:

@@ -31,11 +31,7 @@ from snakepit_bridge import Handler, NoCallContext, command
 from snakepit_bridge._proto import bridge_pb2
 from snakepit_bridge.commands import Failure, HandlerDefinitionError, discover
 from snakepit_bridge.loader import AdapterError, load_handler
-
-try:
-    from conftest import LONG_LIVED
-except ImportError:  # pragma: no cover
-    LONG_LIVED: set[int] = set()  # type: ignore[no-redef]
+from testprocs import LONG_LIVED
 
 HERE = Path(__file__).resolve().parent
 

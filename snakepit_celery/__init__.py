@@ -14,7 +14,8 @@ is the ready-made one (``celery -A snakepit_celery worker``).
 """
 
 from snakepit_celery.api import config_for, get_stats, install, resolve_redis_url
-from snakepit_celery.batch import batch_map, execute_batch, item_error, map
+from snakepit_celery.batch import batch_map, execute_batch, item_error
+from snakepit_celery.batch import map as map  # the issue's name; see __all__
 from snakepit_celery.config import PoolConfig, SnakepitConfig
 from snakepit_celery.embedded import EmbeddedRedis
 from snakepit_celery.errors import (
@@ -58,6 +59,8 @@ from snakepit_celery.worker import SnakepitStep, current_host
 __version__ = "0.1.0"
 
 # Grouped by comments, sorted within each group (tests/unit/test_exported_members.py).
+# ``map`` (an alias of ``batch_map``) is importable by name but left out, so that
+# ``from snakepit_celery import *`` never shadows the builtin ``map``.
 __all__ = [  # noqa: RUF022
     # Tasks and the caller's API
     "PoolTask",
@@ -70,7 +73,6 @@ __all__ = [  # noqa: RUF022
     "get_stats",
     "install",
     "item_error",
-    "map",
     "resolve_redis_url",
     "stream",
     # Sessions

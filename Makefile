@@ -55,8 +55,8 @@ ruby-proto: ruby-bridge
 demo: $(STAMP)
 	$(VENV)/bin/snakepit-celery demo
 
-## make test: everything the tests need, then the whole suite.
-test: venv browser
+## make test: everything the tests need, the linters (so CI enforces them), then the whole suite.
+test: venv browser lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: venv
@@ -66,7 +66,7 @@ test-unit: venv
 proto: venv ruby-proto
 	$(PY) scripts/gen_proto.py
 
-lint: venv
+lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy snakepit_celery

@@ -28,7 +28,8 @@ __all__ = ["DEFAULT_BROKER_URL", "config_for", "create_app", "get_stats", "insta
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 
 #: URL schemes of a Redis server (kombu/Celery spellings).
-_REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://", "unix://")
+# The schemes redis-py can open (it has no ``redis+socket://``; use ``unix://``).
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 _configs: weakref.WeakKeyDictionary[Celery, SnakepitConfig] = weakref.WeakKeyDictionary()
 _installed: weakref.WeakSet[Celery] = weakref.WeakSet()

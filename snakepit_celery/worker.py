@@ -64,6 +64,27 @@ def _set_host(host: PoolHost | None) -> None:
         _host = host
 
 
+_PICKLE = ("pickle", "application/x-python-serialize")
+
+
+def _refuse_pickle(conf: Any) -> None:
+    """A worker that runs other runtimes' results must never unpickle a message.
+
+    ``install()`` sets JSON only where the app kept Celery's defaults; an app that
+    asked for pickle itself is refused here, naming the setting.
+    """
+    for name in ("accept_content", "result_accept_content"):
+        accepted = [str(c).lower() for c in (conf.get(name) or ())]
+        if any(c in _PICKLE for c in accepted):
+            raise ConfigurationError(
+                f"{name}: snakepit refuses pickle (it runs code on what it decodes); "
+                f"accept JSON only, e.g. {name} = ['json']"
+            )
+    for name in ("task_serializer", "result_serializer", "event_serializer"):
+        if str(conf.get(name) or "").lower() in _PICKLE:
+            raise ConfigurationError(f"{name}: snakepit refuses pickle; use 'json'")
+
+
 class SnakepitStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Start the pools with the worker and consume their queues."""
 
@@ -81,6 +102,7 @@ class SnakepitStep(bootsteps.StartStopStep):  # type: ignore[misc]
                 "the worker process, which forked or green-threaded children cannot share. "
                 "Start the worker with `--pool threads` (worker_pool = 'threads')."
             )
+        _refuse_pickle(worker.app.conf)
         self.config = config_for(worker.app)
         if worker.concurrency < self.config.total_bridges and issubclass(pool_cls, thread.TaskPool):
             logger.warning(

@@ -43,6 +43,24 @@ redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + ttl, ARGV[1])
 return doc
 """
 
+# KEYS: session hash, index.  ARGV: session id, doc, ttl, now.  1 if created.
+# One script, so a session never exists without its TTL or its index entry.
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'doc', ARGV[2], 'ttl', ARGV[3])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('ZADD', KEYS[2], tonumber(ARGV[4]) + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+
+# KEYS: session hash, index.  ARGV: session id.  1 if it was expired and is forgotten
+# (checked and removed at once, so a session created again meanwhile keeps its entry).
+_FORGET_EXPIRED = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('ZREM', KEYS[2], ARGV[1])
+return 1
+"""
+
 Session = dict[str, Any]
 
 
@@ -95,6 +113,8 @@ class SessionStore:
         self._index = f"{prefix}:sessions"
         self._programs = f"{prefix}:programs"
         self._touch = self.redis.register_script(_TOUCH)
+        self._create = self.redis.register_script(_CREATE)
+        self._forget_expired = self.redis.register_script(_FORGET_EXPIRED)
 
     def _key(self, session_id: str) -> str:
         return f"{self.prefix}:session:{validate_session_id(session_id)}"
@@ -123,19 +143,12 @@ class SessionStore:
             "metadata": dict(metadata or {}),
             "programs": {},
         }
-        with self.redis.pipeline() as pipe:
-            pipe.hsetnx(key, "doc", _dumps(doc))
-            pipe.hsetnx(key, "ttl", ttl)
-            created, _ = pipe.execute()
+        created = self._create(keys=[key, self._index], args=[session_id, _dumps(doc), ttl, now])
         if not created:
             existing = self.get_session(session_id)
             if existing is not None:
                 return existing
             return self.create_session(session_id, ttl=ttl, metadata=metadata)  # expired meanwhile
-        with self.redis.pipeline() as pipe:
-            pipe.expire(key, ttl)
-            pipe.zadd(self._index, {session_id: now + ttl})
-            pipe.execute()
         return doc
 
     def get_session(self, session_id: str) -> Session | None:
@@ -200,12 +213,11 @@ class SessionStore:
         from the index, and the ids tell a worker which queues to delete.
         """
         candidates = [i.decode() for i in self.redis.zrangebyscore(self._index, "-inf", time.time())]
-        expired = []
-        for session_id in candidates:
-            if not self.redis.exists(self._key(session_id)):
-                self.redis.zrem(self._index, session_id)
-                expired.append(session_id)
-        return expired
+        return [
+            session_id
+            for session_id in candidates
+            if self._forget_expired(keys=[self._key(session_id), self._index], args=[session_id])
+        ]
 
     # -- programs ------------------------------------------------------------------
 

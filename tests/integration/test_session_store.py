@@ -132,3 +132,12 @@ def test_bad_ttl_and_url(redis_url: str) -> None:
     with pytest.raises(ConfigurationError, match="redis_url"):
         SessionStore("amqp://localhost")
     assert isinstance(store.redis, redis.Redis)
+
+
+def test_cleanup_keeps_a_session_created_again_after_expiry(store: SessionStore) -> None:
+    store.create_session("again", ttl=1)
+    assert wait_for(lambda: not store.session_exists("again"), timeout=5)
+    store.create_session("again", ttl=100)
+    assert store.cleanup_expired_sessions() == []
+    assert store.list_sessions() == ["again"]
+    assert 90 < store.redis.ttl("sptest:session:again") <= 100

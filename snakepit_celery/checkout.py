@@ -27,7 +27,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeAlias
 
 from snakepit_celery.errors import InfrastructureError, PoolSaturated, QueueTimeout
 
@@ -61,13 +61,19 @@ class Slot:
         return f"<Slot {self.index} {self.state} pid={pid}>"
 
 
+#: An error to raise, kept as its class and message: each caller raises an
+#: instance of its own, since one instance raised in many threads would share
+#: (and keep growing) one traceback and have its ``__context__`` overwritten.
+Refusal: TypeAlias = tuple[type[InfrastructureError], str]
+
+
 class _Waiter:
     __slots__ = ("cond", "error", "slot", "wanted")
 
     def __init__(self, wanted: Slot | None, lock: threading.Lock) -> None:
         self.wanted = wanted
         self.slot: Slot | None = None
-        self.error: InfrastructureError | None = None
+        self.error: Refusal | None = None
         self.cond = threading.Condition(lock)
 
 
@@ -93,7 +99,7 @@ class SlotQueue:
         self.idle: deque[Slot] = deque()
         self.waiters: deque[_Waiter] = deque()
         #: Set when new callers are refused (draining or closed).
-        self.refusing: InfrastructureError | None = None
+        self.refusing: Refusal | None = None
         #: Calls refused because the queue was full.
         self.pool_saturated = 0
         #: Calls that waited past the queue timeout.
@@ -109,7 +115,8 @@ class SlotQueue:
         """
         with self.lock:
             if self.refusing is not None:
-                raise self.refusing
+                cls, message = self.refusing
+                raise cls(message)
             if wanted is None:
                 while self.idle:
                     slot = self.idle.popleft()
@@ -131,7 +138,8 @@ class SlotQueue:
             deadline = start + self.queue_timeout if self.queue_timeout else None
             while waiter.slot is None:
                 if waiter.error is not None:
-                    raise waiter.error
+                    cls, message = waiter.error
+                    raise cls(message)
                 if deadline is None:
                     waiter.cond.wait()
                     continue
@@ -179,15 +187,15 @@ class SlotQueue:
         if slot.state == "idle":
             self.idle.remove(slot)
 
-    def refuse(self, error: InfrastructureError) -> None:
-        """Refuse new callers with ``error``; those already waiting keep their place. Lock held."""
-        self.refusing = error
+    def refuse(self, error: type[InfrastructureError], message: str) -> None:
+        """Refuse new callers with ``error(message)``; those already waiting keep their place. Lock held."""
+        self.refusing = (error, message)
 
-    def close(self, error: InfrastructureError) -> None:
-        """Refuse new callers and wake every waiter with ``error``. Lock held."""
-        self.refusing = error
+    def close(self, error: type[InfrastructureError], message: str) -> None:
+        """Refuse new callers and wake every waiter with ``error(message)``. Lock held."""
+        self.refusing = (error, message)
         for waiter in self.waiters:
-            waiter.error = error
+            waiter.error = (error, message)
             waiter.cond.notify()
         self.waiters.clear()
         self.idle.clear()

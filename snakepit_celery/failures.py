@@ -11,6 +11,10 @@ this process: gRPC found no connection to the bridge's socket and the
 process is gone (:func:`~snakepit_celery.rpc.never_sent`), or the channel
 was already dropped because the supervisor had seen the exit. Such a call
 is run once more on another bridge (:func:`unsent`), idempotent or not.
+
+:class:`Attempts` is that decision, for ``execute`` and ``execute_batch``
+alike: a failed try is settled (the slot given back or its bridge replaced)
+and either run again or turned into the error to raise.
 """
 
 from __future__ import annotations
@@ -27,14 +31,14 @@ from snakepit_celery.errors import (
     PoolClosed,
     SnakepitError,
 )
-from snakepit_celery.rpc import map_rpc_error
+from snakepit_celery.rpc import map_rpc_error, never_sent
 
 if TYPE_CHECKING:
     from snakepit_celery.bridge import Bridge
     from snakepit_celery.checkout import Slot
     from snakepit_celery.pool import BridgePool
 
-__all__ = ["confirm_death", "crashed", "rpc_failed", "unsent"]
+__all__ = ["Attempts", "confirm_death", "crashed", "rpc_failed", "unsent"]
 
 #: Seconds a failed call waits to see the bridge's exit before calling it a crash.
 CRASH_CONFIRM = 0.5
@@ -108,3 +112,61 @@ def unsent(pool: BridgePool, slot: Slot, bridge: Bridge, command: str, *, last: 
         f"pool {pool.name!r}: bridge pid {bridge.pid} had died before {command!r} could be sent to it, "
         "and so had the one of its first try; it is being replaced"
     )
+
+
+class Attempts:
+    """Whether a call whose try failed runs again: the one retry decision of the pool.
+
+    A try that provably never reached its bridge runs once more, idempotent
+    or not; a try whose bridge crashed runs once more only if the caller said
+    the call is ``idempotent``. Each allowance is used at most once.
+    """
+
+    __slots__ = ("rerun", "retry")
+
+    def __init__(self, *, idempotent: bool) -> None:
+        #: A crashed try may run again (idempotent calls only).
+        self.retry = idempotent
+        #: A try that never reached its bridge may run again.
+        self.rerun = True
+
+    def failed(
+        self,
+        pool: BridgePool,
+        slot: Slot,
+        bridge: Bridge,
+        exc: grpc.RpcError | ValueError,
+        command: str,
+        hard: float,
+    ) -> SnakepitError | None:
+        """Settle a try that failed with ``exc``: None to run the call again, else its error.
+
+        The slot is given back, or its bridge killed and replaced, either way.
+
+        Raises:
+            ValueError: ``exc`` itself, when it is not about the bridge (its
+                channel is open): the caller's mistake, raised as it is.
+        """
+        was_unsent = False
+        if isinstance(exc, grpc.RpcError):
+            if not never_sent(exc):
+                error = rpc_failed(pool, slot, bridge, exc, command, hard)
+            elif was_unsent := confirm_death(bridge):
+                error = unsent(pool, slot, bridge, command, last=not self.rerun)
+            else:
+                error = crashed(pool, slot, bridge, exc, command, died=False)
+        elif bridge.channel_closed:
+            # NOTE: the supervisor drops the channel once it saw the exit, and gRPC
+            # refuses a call on a closed channel before sending anything.
+            was_unsent = True
+            error = unsent(pool, slot, bridge, command, last=not self.rerun)
+        else:
+            pool._release(slot, bridge, failed=True)
+            raise exc
+        if was_unsent and self.rerun:
+            self.rerun = False
+            return None
+        if self.retry and type(error) is BridgeCrashed:
+            self.retry = False
+            return None
+        return error

@@ -24,6 +24,7 @@ import os
 import re
 import secrets
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -61,6 +62,36 @@ def _private_dir(path: Path) -> None:
         raise ConfigurationError(f"run_dir: {path} belongs to uid {info.st_uid}, not to this user")
     if info.st_mode & 0o077:
         os.chmod(path, 0o700)
+
+
+def _private_base(path: Path) -> None:
+    """Create the default base ``path`` in the shared temp dir, or refuse one not safely ours.
+
+    Anyone can create a directory in ``/tmp``: one made in advance by another
+    user (or left open to others, or a symlink to elsewhere) would let them
+    swap sockets or plant run records. It is refused, never repaired.
+    """
+    try:
+        path.mkdir(mode=0o700, parents=True)
+    except FileExistsError:
+        pass
+    else:
+        os.chmod(path, 0o700)  # ours, just made: whatever the umask left
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode):
+        kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a directory"
+        raise ConfigurationError(f"run_dir: the default base {path} is {kind}; remove it or set run_dir")
+    if info.st_uid != os.getuid():
+        raise ConfigurationError(
+            f"run_dir: the default base {path} belongs to uid {info.st_uid}, not to this user "
+            f"(uid {os.getuid()}); remove it or set run_dir"
+        )
+    mode = stat.S_IMODE(info.st_mode)
+    if mode & 0o077:
+        raise ConfigurationError(
+            f"run_dir: the default base {path} has mode {mode:04o}, not 0700; "
+            "remove it (or chmod 700 it) or set run_dir"
+        )
 
 
 def host_directory(config: SnakepitConfig, host_key: str) -> Path:
@@ -172,8 +203,11 @@ class PoolHost:
         Raises:
             BridgeStartError: a pool could not start (the others are closed again).
         """
-        # The base may be the user's (e.g. /run/snakepit): create it, never chmod it.
-        self.host_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.config.run_dir:
+            # The user's base (e.g. /run/snakepit): create it, never chmod it.
+            self.host_dir.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        else:
+            _private_base(self.host_dir.parent)
         _private_dir(self.host_dir)
         self.swept = sweep_host(self.host_dir, keep=self.run_id)
         _private_dir(self.run_dir)

@@ -32,20 +32,27 @@ from snakepit_celery.adapters.base import max_message_bytes
 from snakepit_celery.bridge import Bridge, spawn_process
 from snakepit_celery.checkout import Slot, SlotQueue
 from snakepit_celery.config import PoolConfig
-from snakepit_celery.errors import BridgeStartError, ConfigurationError, PoolClosed
+from snakepit_celery.errors import BridgeStartError, ConfigurationError, PoolClosed, SnakepitError
 from snakepit_celery.preload import Zygote
 from snakepit_celery.process import ProcessHandle, describe_status
 from snakepit_celery.runrecord import forget_process, record_process
 from snakepit_celery.supervisor import Supervisor
 from snakepit_celery.telemetry import Telemetry
 
-__all__ = ["PoolLifecycle"]
+__all__ = ["PoolLifecycle", "failure_reason"]
 
 log = logging.getLogger("snakepit_celery.pool")
 
 #: First and largest pause between failed starts of a slot's bridge.
 _BACKOFF_FIRST = 0.1
 _BACKOFF_MAX = 5.0
+
+
+def failure_reason(exc: BaseException) -> str:
+    """What went wrong, for a message: our errors say it; any other names its class too."""
+    if isinstance(exc, SnakepitError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 class PoolLifecycle:
@@ -136,17 +143,28 @@ class PoolLifecycle:
         with self._lock:
             self._bridges[bridge.pid] = bridge
             closed = self._closed
-        if closed:
+        try:
+            try:
+                if closed:
+                    raise PoolClosed(f"pool {self.name!r} is closed")
+                record_process(self.run_dir, bridge.pid, run_id=self.run_id, kind="bridge")
+            finally:
+                # NOTE: after the record (the supervisor's reaping removes it), and
+                # whatever happened, so a process that is started is always reaped.
+                self._supervisor.watch(process, lambda: self._on_exit(bridge))
+        except BaseException:
+            bridge.exit_reason = bridge.exit_reason or "failed to start"
             bridge.kill()
-        else:
-            record_process(self.run_dir, bridge.pid, run_id=self.run_id, kind="bridge")
-        self._supervisor.watch(process, lambda: self._on_exit(bridge))
-        if closed:
-            raise PoolClosed(f"pool {self.name!r} is closed")
+            raise
         return bridge
 
     def _start_slot(self, slot: Slot, gen: int) -> None:
-        """Thread body: get a serving bridge into ``slot`` (generation ``gen``)."""
+        """Thread body: get a serving bridge into ``slot`` (generation ``gen``).
+
+        Any failure, expected or not, goes the same way: the first one is
+        ``start()``'s answer, and the start is retried with a backoff. A thread
+        that ended on an unexpected error would leave its slot starting forever.
+        """
         delay = _BACKOFF_FIRST
         while True:
             with self._lock:
@@ -156,7 +174,7 @@ class PoolLifecycle:
             try:
                 bridge = self._launch(slot)
                 startup = bridge.wait_serving(time.monotonic() + self.config.startup_timeout)
-            except (BridgeStartError, PoolClosed) as exc:
+            except Exception as exc:
                 if bridge is not None:
                     bridge.exit_reason = bridge.exit_reason or "failed to start"
                     bridge.kill()
@@ -166,7 +184,16 @@ class PoolLifecycle:
                     if self._first_error.get(slot.index, 0) is None:
                         self._first_error[slot.index] = exc
                         self._changed.notify_all()
-                log.warning("pool %s: slot %d: %s; retrying in %.1fs", self.name, slot.index, exc, delay)
+                # An error none of our parts raises on purpose gets its traceback, once.
+                unexpected = not isinstance(exc, SnakepitError) and delay == _BACKOFF_FIRST
+                log.warning(
+                    "pool %s: slot %d: %s; retrying in %.1fs",
+                    self.name,
+                    slot.index,
+                    failure_reason(exc),
+                    delay,
+                    exc_info=exc if unexpected else None,
+                )
                 if self._closing.wait(delay):
                     return
                 delay = min(delay * 2, _BACKOFF_MAX)
@@ -281,9 +308,14 @@ class PoolLifecycle:
         try:
             if self.config.start_method == "preload":
                 self._ensure_zygote()
-        except BridgeStartError:
+        except SnakepitError:
             self.close(0.0)
             raise
+        except Exception as exc:
+            self.close(0.0)
+            raise BridgeStartError(
+                f"pool {self.name!r}: the zygote could not be started: {failure_reason(exc)}"
+            ) from exc
         deadline = time.monotonic() + self.config.startup_timeout + 5.0
         with self._lock:
             for slot in self._slots:
@@ -300,17 +332,18 @@ class PoolLifecycle:
             failed = {i: e for i, e in self._first_error.items() if e is not None}
             serving = sum(1 for s in self._slots if s.bridge is not None)
             self._first_error.clear()
+        first = next(iter(failed.values()), None)
         if serving == 0:
-            first = next(iter(failed.values()), None)
             self.close(0.0)
-            raise BridgeStartError(f"pool {self.name!r}: no bridge could be started: {first}")
-        if failed:
+            why = failure_reason(first) if first is not None else "none reported SERVING in time"
+            raise BridgeStartError(f"pool {self.name!r}: no bridge could be started: {why}") from first
+        if first is not None:
             log.warning(
                 "pool %s: %d of %d bridges failed to start and are retried: %s",
                 self.name,
                 len(failed),
                 len(self._slots),
-                next(iter(failed.values())),
+                failure_reason(first),
             )
 
     def close(self, grace: float | None = None) -> None:
@@ -323,7 +356,7 @@ class PoolLifecycle:
             if self._closed:
                 return
             self._closed = True
-            self._queue.close(PoolClosed(f"pool {self.name!r} is closed"))
+            self._queue.close(PoolClosed, f"pool {self.name!r} is closed")
             for slot in self._slots:
                 slot.state = "closed"
                 slot.gen += 1

@@ -46,10 +46,10 @@ from snakepit_celery.errors import (
     QueueTimeout,
     SnakepitError,
 )
-from snakepit_celery.failures import confirm_death, crashed, rpc_failed, unsent
+from snakepit_celery.failures import Attempts, rpc_failed
 from snakepit_celery.lifecycle import PoolLifecycle
 from snakepit_celery.pool_batch import run_batch
-from snakepit_celery.rpc import decode_payload, encode_payload, never_sent
+from snakepit_celery.rpc import decode_payload, encode_payload
 from snakepit_celery.telemetry import Telemetry
 
 __all__ = ["BridgePool"]
@@ -195,31 +195,16 @@ class BridgePool(PoolLifecycle):
                 timeout=hard,
                 request_id=request_id or "",
             )
-            retry = idempotent
-            rerun = True  # a call that never reached its bridge runs once more, idempotent or not
+            attempts = Attempts(idempotent=idempotent)
             while True:
                 slot = self._checkout(session_id)
                 bridge: Bridge = slot.bridge  # type: ignore[assignment]
-                was_unsent = False
                 try:
                     if session_id is not None and session_id not in bridge.sessions:
                         self._init_session(bridge, session_id, hard or None)
                     reply = bridge.execute_call(request, timeout=hard or None)
-                except grpc.RpcError as exc:
-                    if not never_sent(exc):
-                        error = rpc_failed(self, slot, bridge, exc, command, hard)
-                    elif was_unsent := confirm_death(bridge):
-                        error = unsent(self, slot, bridge, command, last=not rerun)
-                    else:
-                        error = crashed(self, slot, bridge, exc, command, died=False)
-                except ValueError:
-                    if not bridge.channel_closed:
-                        self._release(slot, bridge, failed=True)
-                        raise
-                    # NOTE: the supervisor drops the channel once it saw the exit, and gRPC
-                    # refuses a call on a closed channel before sending anything.
-                    was_unsent = True
-                    error = unsent(self, slot, bridge, command, last=not rerun)
+                except (grpc.RpcError, ValueError) as exc:
+                    error = attempts.failed(self, slot, bridge, exc, command, hard)
                 except BaseException:
                     self._release(slot, bridge, failed=True)
                     raise
@@ -228,11 +213,7 @@ class BridgePool(PoolLifecycle):
                     result = decode_payload(reply.result)
                     outcome = "ok"
                     return result
-                if was_unsent and rerun:
-                    rerun = False
-                elif retry and type(error) is BridgeCrashed:
-                    retry = False
-                else:
+                if error is not None:
                     raise error from None
         except SnakepitError as exc:
             outcome = _OUTCOME.get(type(exc), "error")
@@ -373,7 +354,7 @@ class BridgePool(PoolLifecycle):
         deadline = time.monotonic() + timeout
         with self._lock:
             self._draining = True
-            self._queue.refuse(PoolClosed(f"pool {self.name!r} is draining"))
+            self._queue.refuse(PoolClosed, f"pool {self.name!r} is draining")
             while any(s.state == "busy" for s in self._slots) or self._queue.waiters:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

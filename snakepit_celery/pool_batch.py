@@ -31,9 +31,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import grpc
 from snakepit_bridge._proto import bridge_pb2
 
-from snakepit_celery.errors import BridgeCrashed, CommandError, SnakepitError
-from snakepit_celery.failures import confirm_death, crashed, rpc_failed, unsent
-from snakepit_celery.rpc import decode_payload, encode_payload, error_from_detail, map_rpc_error, never_sent
+from snakepit_celery.errors import CommandError, SnakepitError
+from snakepit_celery.failures import Attempts
+from snakepit_celery.rpc import decode_payload, encode_payload, error_from_detail, map_rpc_error
 
 if TYPE_CHECKING:
     from snakepit_celery.bridge import Bridge
@@ -188,31 +188,17 @@ class _BatchRun:
             SnakepitError: the call failed as a whole before any item had an outcome.
         """
         pool = self.pool
-        retry = idempotent
-        rerun = True  # items that never reached their bridge run once more, idempotent or not
+        attempts = Attempts(idempotent=idempotent)
         while self.next < len(self.todo) and not self.stopped:
             slot = pool._checkout(self.session_id)
             bridge: Bridge = slot.bridge  # type: ignore[assignment]
-            was_unsent = False
             try:
                 if self.session_id is not None and self.session_id not in bridge.sessions:
                     pool._init_session(bridge, self.session_id, self.hard or None)
                 self.on_bridge(bridge)
-            except grpc.RpcError as exc:
+            except (grpc.RpcError, ValueError) as exc:
                 self.account(bridge)
-                if not never_sent(exc):
-                    error = rpc_failed(pool, slot, bridge, exc, self.command, self.last_timeout)
-                elif was_unsent := confirm_death(bridge):
-                    error = unsent(pool, slot, bridge, self.command, last=not rerun)
-                else:
-                    error = crashed(pool, slot, bridge, exc, self.command, died=False)
-            except ValueError:
-                self.account(bridge)
-                if not bridge.channel_closed:
-                    pool._release(slot, bridge, failed=True)
-                    raise
-                was_unsent = True  # the channel was dropped: nothing was sent (see execute)
-                error = unsent(pool, slot, bridge, self.command, last=not rerun)
+                error = attempts.failed(pool, slot, bridge, exc, self.command, self.last_timeout)
             except BaseException:
                 self.account(bridge)
                 pool._release(slot, bridge, failed=True)
@@ -221,15 +207,12 @@ class _BatchRun:
                 self.account(bridge)
                 pool._release(slot, bridge, counted=False)
                 return
-            if was_unsent and rerun:
-                rerun = False
-            elif retry and type(error) is BridgeCrashed:
-                retry = False
-            elif self.next == 0:
+            if error is None:
+                continue
+            if self.next == 0:
                 raise error from None
-            else:
-                self._fail_rest(error)
-                return
+            self._fail_rest(error)
+            return
 
     def _fail_rest(self, error: SnakepitError) -> None:
         """The call failed after some items had their outcome: the rest fail with its error."""

@@ -119,18 +119,11 @@ class Batch:
         if not items:
             self.finished.set()
 
-    def claim(self) -> int | None:
-        """The next item to run, or None when there is none (all claimed, or stopped)."""
-        with self._lock:
-            if self._stopped or self._next >= len(self.items):
-                return None
-            index = self._next
-            self._next += 1
-            self._running += 1
-            return index
-
     def claim_slice(self, size: int) -> range | None:
-        """The next ``size`` items (fewer at the end) to run as one slice, or None (see :meth:`claim`)."""
+        """The next ``size`` items (fewer at the end) to run as one slice.
+
+        None when there is none: all are claimed, or the batch stopped.
+        """
         with self._lock:
             if self._stopped or self._next >= len(self.items):
                 return None
@@ -148,6 +141,16 @@ class Batch:
 
     def finish(self, index: int, value: Any = None, exc: BaseException | None = None) -> None:
         """Record item ``index``'s result, or its error ``exc``."""
+        absolute = self.offset + index
+        # NOTE: the error is made before anything is counted, so a failure to make it
+        # leaves the item claimed (its runner hands it back) and never half-finished.
+        item: dict[str, Any] | None = None
+        error: BatchItemError | None = None
+        if exc is not None:
+            if self.return_exceptions:
+                item = error_item(exc, absolute)
+            else:
+                error = batch_item_error(exc, absolute)
         with self._lock:
             self._running -= 1
             self.done += 1
@@ -155,11 +158,10 @@ class Batch:
                 self.results[index] = value
             else:
                 self.failed += 1
-                absolute = self.offset + index
-                if self.return_exceptions:
-                    self.results[index] = error_item(exc, absolute)
-                elif self.error is None or absolute < self.error.index:
-                    self.error = batch_item_error(exc, absolute)
+                if item is not None:
+                    self.results[index] = item
+                elif error is not None and (self.error is None or absolute < self.error.index):
+                    self.error = error
                     self._stopped = True
             self._check_finished()
 

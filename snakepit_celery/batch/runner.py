@@ -26,6 +26,7 @@ its hard timeout) is the error of its first item, or with
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import weakref
@@ -33,12 +34,14 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from snakepit_celery.batch.items import Batch
-from snakepit_celery.errors import PoolClosed
+from snakepit_celery.errors import InfrastructureError, PoolClosed
 
 if TYPE_CHECKING:
     from snakepit_celery.pool import BridgePool
 
 __all__ = ["IDLE_EXIT", "MAX_SLICE", "SLICES_PER_BRIDGE", "BatchCall", "runner_for", "slice_size"]
+
+log = logging.getLogger(__name__)
 
 #: Seconds a runner thread waits for work before it ends.
 IDLE_EXIT = 10.0
@@ -74,35 +77,44 @@ class BatchCall:
         self.idempotent = idempotent
 
     def run_one(self, pool: BridgePool) -> bool:
-        """Run the batch's next slice; False when it has no item left to claim."""
+        """Run the batch's next slice; False when it has no item left to claim.
+
+        Raises:
+            Exception: only on a fault of this code; the slice's items that had no
+                outcome yet are handed back first, so the batch can still end.
+        """
         batch = self.batch
         claimed = batch.claim_slice(slice_size(len(batch.items), pool.config.size))
         if claimed is None:
             return False
-        stop_on_error = not batch.return_exceptions
+        settled = 0  # items of the slice that have their outcome
         try:
-            results = pool.execute_batch(
-                self.command,
-                batch.items[claimed.start : claimed.stop],
-                timeout=self.timeout,
-                session_id=self.session_id,
-                request_id=self.request_id,
-                stop_on_error=stop_on_error,
-                idempotent=self.idempotent,
-            )
-        except Exception as exc:  # the slice's call failed as a whole: its items' error
-            failed = claimed[:1] if stop_on_error else claimed
-            for index in failed:
-                batch.finish(index, exc=exc)
-            batch.unclaim(len(claimed) - len(failed))
+            stop_on_error = not batch.return_exceptions
+            try:
+                results = pool.execute_batch(
+                    self.command,
+                    batch.items[claimed.start : claimed.stop],
+                    timeout=self.timeout,
+                    session_id=self.session_id,
+                    request_id=self.request_id,
+                    stop_on_error=stop_on_error,
+                    idempotent=self.idempotent,
+                )
+            except Exception as exc:  # the slice's call failed as a whole: its items' error
+                for index in claimed[:1] if stop_on_error else claimed:
+                    batch.finish(index, exc=exc)
+                    settled += 1
+                return True
+            for index, result in zip(claimed, results, strict=False):
+                if result.ok:
+                    batch.finish(index, result.value)
+                else:
+                    batch.finish(index, exc=result.value)
+                settled += 1
             return True
-        for index, result in zip(claimed, results, strict=False):
-            if result.ok:
-                batch.finish(index, result.value)
-            else:
-                batch.finish(index, exc=result.value)
-        batch.unclaim(len(claimed) - len(results))  # not run: the slice stopped at a failure
-        return True
+        finally:
+            # The rest never ran (the slice stopped at a failure), or a fault cut this short.
+            batch.unclaim(len(claimed) - settled)
 
 
 class PoolRunner:
@@ -123,27 +135,60 @@ class PoolRunner:
             return
         with self._cond:
             self._calls.append(call)
-            wanted = min(self.size, sum(len(c.batch.items) for c in self._calls))
-            while self._threads < wanted:
-                self._threads += 1
-                threading.Thread(target=self._loop, name=f"snakepit-batch-{self.name}", daemon=True).start()
+            self._add_threads()
             self._cond.notify_all()
 
+    def _add_threads(self) -> None:
+        """Start threads up to one per bridge, and no more than there are items queued. Lock held."""
+        wanted = min(self.size, sum(len(c.batch.items) for c in self._calls))
+        while self._threads < wanted:
+            self._threads += 1
+            threading.Thread(target=self._loop, name=f"snakepit-batch-{self.name}", daemon=True).start()
+
     def _loop(self) -> None:
-        pool = self._pool()
-        while True:
-            with self._cond:
-                while not self._calls:
-                    if not self._cond.wait(IDLE_EXIT) and not self._calls:
-                        self._threads -= 1
-                        return
-                call = self._calls[0]
-            if pool is None:
-                call.batch.stop(PoolClosed(f"pool {self.name!r} is closed"))
-            if pool is None or not call.run_one(pool):
+        """Thread body: run slices of the oldest batch until none is left for a while.
+
+        On a fault of this code the batch at hand is stopped with an error that
+        names it (its task fails instead of waiting forever), taken off the queue,
+        and the thread is replaced if batches are left; ``_threads`` stays exact.
+        """
+        call: BatchCall | None = None
+        counted = True  # this thread is in ``_threads``
+        try:
+            pool = self._pool()
+            while True:
                 with self._cond:
-                    if self._calls and self._calls[0] is call:
-                        self._calls.popleft()
+                    call = None
+                    while not self._calls:
+                        if not self._cond.wait(IDLE_EXIT) and not self._calls:
+                            # NOTE: under the lock that tells it no work is left, so a
+                            # submit made after it starts a thread of its own.
+                            self._threads -= 1
+                            counted = False
+                            return
+                    call = self._calls[0]
+                if pool is None:
+                    call.batch.stop(PoolClosed(f"pool {self.name!r} is closed"))
+                if pool is None or not call.run_one(pool):
+                    with self._cond:
+                        if self._calls and self._calls[0] is call:
+                            self._calls.popleft()
+        except BaseException as exc:  # NOTE: logged, not raised: nothing above a thread's body
+            log.error("pool %s: a batch runner thread failed", self.name, exc_info=exc)
+            if call is not None:
+                error = InfrastructureError(
+                    f"pool {self.name!r}: the batch runner failed: {type(exc).__name__}: {exc}"
+                )
+                error.__cause__ = exc
+                call.batch.stop(error)
+                with self._cond:
+                    if call in self._calls:
+                        self._calls.remove(call)
+        finally:
+            if counted:
+                with self._cond:
+                    self._threads -= 1
+                    self._add_threads()
 
 
 _runners: weakref.WeakKeyDictionary[Any, PoolRunner] = weakref.WeakKeyDictionary()

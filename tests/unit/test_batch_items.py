@@ -13,8 +13,8 @@ from snakepit_celery.batch.items import Batch
 
 def test_items_are_claimed_in_order_and_results_kept_in_place() -> None:
     batch = Batch(["a", "b", "c"])
-    claimed = [batch.claim(), batch.claim(), batch.claim(), batch.claim()]
-    assert claimed == [0, 1, 2, None]
+    claimed = [batch.claim_slice(1), batch.claim_slice(1), batch.claim_slice(1), batch.claim_slice(1)]
+    assert claimed == [range(0, 1), range(1, 2), range(2, 3), None]
     for index in (2, 0, 1):
         batch.finish(index, index * 10)
     assert batch.finished.is_set() and batch.results == [0, 10, 20]
@@ -22,10 +22,10 @@ def test_items_are_claimed_in_order_and_results_kept_in_place() -> None:
 
 def test_a_failure_stops_claiming_and_the_lowest_failed_index_wins() -> None:
     batch = Batch(list(range(10)), offset=100)
-    first, second = batch.claim(), batch.claim()
-    assert (first, second) == (0, 1)
+    first, second = batch.claim_slice(1), batch.claim_slice(1)
+    assert (first, second) == (range(0, 1), range(1, 2))
     batch.finish(1, exc=CommandError("late", "ValueError"))
-    assert batch.claim() is None and not batch.finished.is_set()  # item 0 still runs
+    assert batch.claim_slice(1) is None and not batch.finished.is_set()  # item 0 still runs
     batch.finish(0, exc=CommandError("early", "KeyError"))
     assert batch.finished.is_set()
     assert batch.error is not None and (batch.error.index, batch.error.remote_type) == (100, "KeyError")
@@ -48,7 +48,7 @@ def test_slices_are_claimed_in_order_and_unrun_items_released() -> None:
 
 def test_return_exceptions_puts_an_error_item_in_place() -> None:
     batch = Batch([1, 2], offset=5, return_exceptions=True)
-    batch.claim(), batch.claim()
+    assert batch.claim_slice(2) == range(0, 2)
     batch.finish(0, exc=QueueTimeout("no bridge came free"))
     batch.finish(1, "ok")
     assert batch.error is None and batch.results[1] == "ok"

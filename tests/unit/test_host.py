@@ -18,7 +18,7 @@ import pytest
 from testprocs import LONG_LIVED
 
 from snakepit_celery.config import SnakepitConfig
-from snakepit_celery.errors import PoolNotFound
+from snakepit_celery.errors import ConfigurationError, PoolNotFound
 from snakepit_celery.host import OWNER_FILE, PoolHost, host_directory
 from snakepit_celery.runrecord import create_time, record_process
 from tests.handlers import REPO_ROOT, pid_alive, pool_config, wait_until
@@ -184,3 +184,62 @@ def test_sweep_kills_an_earlier_runs_bridges_and_nothing_else(base: Path) -> Non
                 proc.kill()
             proc.wait()
     assert [c for c in psutil.Process().children() if c.pid not in LONG_LIVED] == []
+
+
+@pytest.fixture
+def default_base(monkeypatch: pytest.MonkeyPatch, base: Path) -> Path:
+    """The default base (no run_dir) as it is with TMPDIR=base: never the shared /tmp one.
+
+    ``base``, not ``tmp_path``: a socket path under pytest's deep one is too long.
+    """
+    monkeypatch.setenv("TMPDIR", str(base))
+    monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
+    return base / f"snakepit-{os.getuid()}"
+
+
+def default_config() -> SnakepitConfig:
+    return SnakepitConfig(pools=(pool_config(name="main", size=1),))
+
+
+def test_the_default_base_is_made_private_and_used(default_base: Path) -> None:
+    with PoolHost(default_config(), host_key="default base") as host:
+        assert host.host_dir.parent == default_base
+        assert stat.S_IMODE(default_base.stat().st_mode) == 0o700
+        assert host.pool().execute("ping")["status"] == "ok"
+
+
+@pytest.mark.parametrize("how", ["open", "symlink", "file"])
+def test_a_default_base_not_safely_ours_is_refused_by_path(default_base: Path, how: str) -> None:
+    if how == "open":
+        default_base.mkdir()
+        os.chmod(default_base, 0o777)  # as another user could have left it for us
+    elif how == "symlink":
+        target = default_base.with_name("elsewhere")
+        target.mkdir(mode=0o700)
+        default_base.symlink_to(target)
+    else:
+        default_base.write_text("")
+    host = PoolHost(default_config(), host_key="refused")
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            host.start()
+        assert not host.run_dir.exists() and host.pool().stats()["workers"] == 0
+    finally:
+        host.close()
+    message = str(caught.value)
+    assert str(default_base) in message and "run_dir" in message
+    assert {"open": "mode 0777", "symlink": "a symlink", "file": "not a directory"}[how] in message
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="only root can make a directory another user owns")
+def test_a_default_base_of_another_user_is_refused(default_base: Path) -> None:
+    default_base.mkdir(mode=0o700)
+    os.chown(default_base, 65534, 65534)
+    host = PoolHost(default_config(), host_key="refused")
+    try:
+        with pytest.raises(ConfigurationError) as caught:
+            host.start()
+        assert not any(default_base.iterdir())
+    finally:
+        host.close()
+    assert str(default_base) in str(caught.value) and "uid 65534" in str(caught.value)

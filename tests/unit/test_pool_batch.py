@@ -6,14 +6,19 @@ import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from testprocs import missing_service
 
 from snakepit_celery import pool_batch
+from snakepit_celery.batch.items import Batch
+from snakepit_celery.batch.runner import BatchCall, PoolRunner
 from snakepit_celery.errors import (
     BridgeCrashed,
     CommandError,
     CommandTimeout,
+    InfrastructureError,
     InvalidArguments,
     UnknownCommand,
 )
@@ -129,7 +134,7 @@ def test_a_bridge_without_execute_batch_gets_one_execute_per_item(
 ) -> None:
     node_dir = REPO_ROOT / "bridges" / "node"
     if shutil.which("node") is None or not (node_dir / "node_modules" / "@grpc" / "grpc-js").is_dir():
-        pytest.skip("the Node.js bridge is not installed (make node-bridge)")
+        missing_service("the Node.js bridge is not installed (make node-bridge)")
     # The Node.js bridge loads the proto at run time: given the old one, it has no ExecuteBatch.
     pool = make_pool(
         size=1, adapter="node", handler=None, env={"SNAKEPIT_PROTO_DIR": str(_old_proto(tmp_path))}
@@ -143,3 +148,38 @@ def test_a_bridge_without_execute_batch_gets_one_execute_per_item(
         assert len(pool_batch._no_batch) >= 1  # remembered for this bridge
     assert pool.execute_batch("compute", items, stop_on_error=True)[-1].ok is False
     assert pool.stats()["requests"] == 8
+
+
+class FaultyCall(BatchCall):
+    """NOTE: a fault injected on purpose. No real part makes ``run_one`` raise (a failed
+    call is its items' error), but a fault there must fail the batch, not hang it."""
+
+    def run_one(self, pool: Any) -> bool:
+        raise RuntimeError("injected fault")
+
+
+class FaultyBatch(Batch):
+    """NOTE: a fault injected on purpose (see FaultyCall): recording item 1 fails."""
+
+    def finish(self, index: int, value: Any = None, exc: BaseException | None = None) -> None:
+        if index == 1:
+            raise RuntimeError("injected fault")
+        super().finish(index, value, exc)
+
+
+def test_a_batch_runner_fault_fails_its_batch_and_the_thread_is_replaced(make_pool: PoolFactory) -> None:
+    pool = make_pool(size=1)
+    runner = PoolRunner(pool)
+    broken = [Batch([divide(1, 1)] * 3), FaultyBatch([divide(1, 1)] * 8)]
+    runner.submit(FaultyCall(broken[0], "compute"))
+    runner.submit(BatchCall(broken[1], "compute"))  # slices of 2: item 1 ends the first one
+    good = Batch([divide(6, 3), divide(8, 2)])
+    runner.submit(BatchCall(good, "compute"))
+    for batch in (*broken, good):
+        assert batch.finished.wait(10.0), "a batch never finished"
+    for batch in broken:
+        assert type(batch.stop_reason) is InfrastructureError
+        assert "batch runner failed: RuntimeError: injected fault" in str(batch.stop_reason)
+    assert broken[1].done == 1 and broken[1].results[0]["result"] == 1  # item 0 ran before the fault
+    assert good.stop_reason is None and [r["result"] for r in good.results] == [2, 4]
+    assert runner._threads == 1  # exact: the failed threads were replaced, none counted twice

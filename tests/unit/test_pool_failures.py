@@ -7,12 +7,13 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 
-from snakepit_celery.errors import BridgeCrashed, CommandTimeout
+from snakepit_celery.errors import BridgeCrashed, BridgeStartError, CommandTimeout
 from tests.handlers import PoolFactory, Recorder, pid_alive, wait_until
 
 
@@ -181,3 +182,35 @@ def test_close_ends_and_reaps_every_bridge(make_pool: PoolFactory) -> None:
     assert [c for c in me.children(recursive=True) if c.pid in pids] == []
     assert not any(pid_alive(pid) for pid in pids)
     assert list((pool.run_dir / "procs").iterdir()) == []
+
+
+def blocked_socket(factory: PoolFactory, slot: int) -> Path:
+    """A directory where the next pool's ``slot`` will put its socket: unlinking it fails
+    with IsADirectoryError, an OSError no part of the pool raises on purpose."""
+    path = factory.base / f"r{len(factory.pools)}" / f"test.{slot}.0.sock"
+    path.mkdir(parents=True)
+    return path
+
+
+@pytest.mark.parametrize("start_method", ["spawn", "preload"])
+def test_an_unexpected_start_failure_names_its_cause(make_pool: PoolFactory, start_method: str) -> None:
+    blocked_socket(make_pool, 0)
+    with pytest.raises(BridgeStartError) as caught:
+        make_pool(size=1, start_method=start_method, startup_timeout=3.0)
+    assert "no bridge could be started: IsADirectoryError" in str(caught.value)
+    assert isinstance(caught.value.__cause__, IsADirectoryError)
+
+
+def test_an_unexpected_start_failure_is_retried_until_it_clears(
+    make_pool: PoolFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocked = blocked_socket(make_pool, 0)
+    pool = make_pool(size=2, startup_timeout=3.0)  # slot 1 serves, slot 0 keeps retrying
+    assert pool.stats()["workers"] == 1
+    logged = wait_until(
+        lambda: [r for r in caplog.records if "IsADirectoryError" in r.getMessage()], 5.0, "the cause logged"
+    )
+    assert "slot 0" in logged[0].getMessage() and logged[0].exc_info is not None
+    blocked.rmdir()
+    wait_until(lambda: full(pool), 10.0, "slot 0 started once its socket path was free")
+    assert pool.execute("ping")["status"] == "ok"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import traceback
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from snakepit_celery.errors import PoolSaturated, QueueTimeout
+from snakepit_celery.errors import PoolClosed, PoolSaturated, QueueTimeout, SnakepitError
 from tests.handlers import PoolFactory, wait_until
 
 
@@ -140,3 +142,36 @@ def test_session_waiter_does_not_block_others(make_pool: PoolFactory, tmp_path: 
     for thread in holder + waiter:
         thread.join(10.0)
     assert pool.execute("get_counter", {}, session_id="s")["value"] == 2
+
+
+def test_every_refused_caller_gets_an_error_of_its_own(make_pool: PoolFactory, tmp_path: Path) -> None:
+    pool = make_pool(size=1, queue_timeout=30.0)
+    gate = tmp_path / "open"
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            pool.execute("wait_file", {"path": str(gate)})
+        except PoolClosed as exc:
+            errors.append(exc)
+
+    def hold() -> None:
+        with contextlib.suppress(SnakepitError):  # its bridge goes with the pool
+            pool.execute("wait_file", {"path": str(gate)})
+
+    holder = run_all([hold])
+    wait_until(lambda: pool.stats()["busy"] == 1, 5.0, "the slot is taken")
+    waiters = run_all([call, call, call])
+    wait_until(lambda: pool.stats()["queued"] == 3, 5.0, "three callers wait")
+    pool.close(1.0)  # wakes the waiters with PoolClosed
+    gate.touch()
+    for thread in holder + waiters:
+        thread.join(10.0)
+    for _ in range(3):  # refused at once: the pool is closed
+        call()
+    assert len(errors) == 6 and all("closed" in str(e) for e in errors)
+    # One shared instance raised in many threads would grow one traceback and keep
+    # the last raiser's context.
+    assert len({id(e) for e in errors}) == 6
+    depths = {len(traceback.extract_tb(e.__traceback__)) for e in errors[3:]}
+    assert len(depths) == 1

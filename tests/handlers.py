@@ -73,6 +73,15 @@ class TestHandler(ShowcaseHandler):
         return {"pid": os.getpid(), "released": True, "token": token}
 
     @command
+    def counter_stream(self, count: int = 3) -> Iterator[dict[str, Any]]:
+        """Increment the session's counter ``count`` times, one chunk each: the stream sees
+        and changes the session's state, and says which bridge it ran on."""
+        session = self.context.session
+        for seq in range(count):
+            session["counter"] = session.get("counter", 0) + 1
+            yield {"value": session["counter"], "pid": os.getpid(), "is_final": seq == count - 1}
+
+    @command
     def record(self, log: str, token: str) -> dict[str, Any]:
         """Append ``token`` to the file ``log``: proof that this call ran, and when."""
         with open(log, "a") as f:

@@ -17,6 +17,7 @@ it joins the chunks' lists into one.
 from __future__ import annotations
 
 import logging
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import redis
@@ -29,6 +30,7 @@ from snakepit_celery.batch.progress import PROGRESS_INTERVAL, MapState, outcome_
 from snakepit_celery.batch.routing import BatchTask
 from snakepit_celery.batch.runner import BatchCall, runner_for
 from snakepit_celery.errors import ConfigurationError, InvalidArguments, SnakepitError
+from snakepit_celery.sessions.task import session_turn
 from snakepit_celery.streaming.task import relay_client
 from snakepit_celery.tasks import PoolTask
 from snakepit_celery.worker import current_host
@@ -89,7 +91,8 @@ def execute_batch(
         pool: the named pool; the default pool when None.
         timeout: hard limit of each call, as for ``execute``.
         session_id: send the batch to the worker that owns this session and run
-            every call on the session's bridge (one at a time, then).
+            every call on the session's bridge (one at a time, then); the batch
+            takes its turn among the session's calls, in the order sent.
         return_exceptions: a failed item's place holds an error item (see
             :func:`~snakepit_celery.batch.item_error`) and the batch goes on.
         idempotent: as for ``execute``: a call whose bridge crashed is rerun once.
@@ -120,23 +123,33 @@ def execute_batch(
         stored = self.AsyncResult(request.id)
         if stored.state == SUCCESS:
             return stored.result  # type: ignore[no-any-return]  # it ran; only the ack was lost
-    target = current_host().pool(pool)
-    batch = Batch(items, offset=offset, return_exceptions=return_exceptions)
-    state = None
-    if map_id is not None:
-        count = len(items) if total is None else total
-        state = _map_state(self, map_id, chunk=chunk, total=count, progress=progress)
-    call = BatchCall(
-        batch, command, timeout=timeout, session_id=session_id, request_id=request.id, idempotent=idempotent
+    # A session's batch is a session call: it runs in its turn, on the session's owner.
+    turn: AbstractContextManager[str | None] = (
+        nullcontext(pool) if session_id is None else session_turn(self, session_id)
     )
-    runner_for(target).submit(call)
-    try:
-        while not batch.finished.wait(PROGRESS_INTERVAL if state is not None else None):
-            if state is not None:
-                _report(state, batch, final=False)
-    except BaseException as exc:  # the task is going away: claim no more items
-        batch.stop(exc)
-        raise
+    with turn as pool:
+        target = current_host().pool(pool)
+        batch = Batch(items, offset=offset, return_exceptions=return_exceptions)
+        state = None
+        if map_id is not None:
+            count = len(items) if total is None else total
+            state = _map_state(self, map_id, chunk=chunk, total=count, progress=progress)
+        call = BatchCall(
+            batch,
+            command,
+            timeout=timeout,
+            session_id=session_id,
+            request_id=request.id,
+            idempotent=idempotent,
+        )
+        runner_for(target).submit(call)
+        try:
+            while not batch.finished.wait(PROGRESS_INTERVAL if state is not None else None):
+                if state is not None:
+                    _report(state, batch, final=False)
+        except BaseException as exc:  # the task is going away: claim no more items
+            batch.stop(exc)
+            raise
     if state is not None:
         _report(state, batch, final=True)
     if batch.stop_reason is not None:

@@ -4,6 +4,8 @@ The caller's side is :func:`execute_in_session` (and the program helpers); the
 worker's side is :class:`SessionStep`, which ``install(app)`` adds. Module map:
 
 * ``ids``, ``store``: session ids and the session data in Redis;
+* ``calls``: which tasks run in a session (``execute_in_session``, and
+  ``execute_stream``/``execute_batch`` given a ``session_id``), one road for all;
 * ``lease``: worker leases and session routes (who owns what);
 * ``routing``: validate, route and publish a call (caller side);
 * ``manager``, ``consumer``, ``ordering``, ``housekeeping``, ``broker``: the owner;

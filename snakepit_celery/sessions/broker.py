@@ -33,10 +33,10 @@ from kombu.serialization import dumps as serialize
 from snakepit_celery.sessions.routing import session_queue
 from snakepit_celery.sessions.wirejson import dumps, loads
 
-__all__ = ["BrokerOps", "LostCall"]
+__all__ = ["BrokerOps", "LostCall", "return_delivered"]
 
-#: A call to republish: task id, args, kwargs of ``execute_in_session``.
-LostCall = tuple[str, list[Any], dict[str, Any]]
+#: A call to republish: task id, task name, args, kwargs.
+LostCall = tuple[str, str, list[Any], dict[str, Any]]
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,24 @@ for i = 2, #ARGV do
 end
 return #ARGV - 1
 """
+
+
+def return_delivered(channel: Any) -> int:
+    """Put a Redis channel's delivered, unacknowledged messages back at the head
+    of their queues, in the order they were delivered; returns how many.
+
+    For a worker leaving on purpose, before it hands its sessions over. kombu's
+    own restore (when the channel closes) pushes them to the head oldest first,
+    which reverses them: the newest would run first. Restored newest first, the
+    oldest ends up at the head. Acknowledged messages are skipped (their
+    ``unacked`` entry is gone).
+    """
+    qos = channel.qos
+    tags = list(qos._delivered)
+    for tag in reversed(tags):
+        qos.restore_by_tag(tag)
+    qos._delivered.clear()
+    return len(tags)
 
 
 class BrokerOps:
@@ -216,14 +234,12 @@ class BrokerOps:
         the head of the session's queue (Redis only); returns how many."""
         if not calls or not self.is_redis:
             return 0
-        from snakepit_celery.sessions.manager import TASK_NAME
-
         channel = self.connection.default_channel
         client = self._plain_client(channel)
         name = session_queue(self.prefix, session_id).name
         raws = []
-        for task_id, args, kwargs in calls:
-            headers, properties, body, _ = self.app.amqp.create_task_message(task_id, TASK_NAME, args, kwargs)
+        for task_id, task_name, args, kwargs in calls:
+            headers, properties, body, _ = self.app.amqp.create_task_message(task_id, task_name, args, kwargs)
             ctype, cenc, data = serialize(body, serializer="json")  # type: ignore[no-untyped-call]
             message = channel.prepare_message(
                 data, None, ctype, cenc, headers, dict(properties, delivery_mode=2)

@@ -39,8 +39,6 @@ class LocalSession:
     consuming: bool = False
     #: Monotonic time of the last call received or finished.
     last_used: float = field(default_factory=time.monotonic)
-    #: Calls received and not finished.
-    inflight: int = 0
     #: Monotonic time the consumer was released; None while consuming.
     released_at: float | None = None
 
@@ -78,10 +76,6 @@ class QueueSwitch:
     def cancel(self, session_id: str, done: threading.Event | None = None) -> None:
         """Stop consuming the session's queue (soon); ``done`` is set after."""
         self._submit("cancel", session_id, done)
-
-    def consuming(self) -> list[str]:
-        with self._lock:
-            return list(self._on)
 
     def _submit(self, op: str, session_id: str, done: threading.Event | None) -> None:
         with self._lock:

@@ -12,9 +12,9 @@ Every tick (a fraction of a second) the housekeeper of each worker:
 * adopts orphans: sessions no live worker of their pool could take;
 * releases consumers of idle sessions (Redis broker), and for a few seconds
   after, checks their queues for calls sent just as it released;
-* expires sessions whose data has expired: consumer off, queue deleted if
-  empty, bridge state dropped, route removed. A call that arrives meanwhile
-  keeps the session alive instead.
+* expires sessions whose data has expired and that run no call: consumer
+  off, queue deleted if empty, bridge state dropped, route removed. A call
+  that arrives meanwhile keeps the session alive instead.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import redis
 
 from snakepit_celery.sessions.broker import BrokerOps
-from snakepit_celery.sessions.wirejson import loads
+from snakepit_celery.sessions.calls import read_journal_entry
 
 if TYPE_CHECKING:
     from snakepit_celery.sessions.manager import SessionManager
@@ -133,9 +133,9 @@ class Housekeeper:
         lost = []
         for _seq, routed_ms, task_id, raw in journal:
             if routed_ms < horizon and task_id not in present:
-                command, args, options = loads(raw)
-                options["pool"] = pool
-                lost.append((task_id, [session_id, command, args], options))
+                name, args, kwargs = read_journal_entry(raw, session_id)
+                kwargs["pool"] = pool
+                lost.append((task_id, name, args, kwargs))
         self.broker.recover_lost(session_id, lost, restored)
 
     def adopt_orphans(self) -> None:
@@ -153,7 +153,7 @@ class Housekeeper:
             idle = [
                 s.session_id
                 for s in m.sessions.values()
-                if s.consuming and s.inflight == 0 and now - s.last_used > self._idle
+                if s.consuming and not m.busy(s.session_id) and now - s.last_used > self._idle
             ]
         for session_id in idle:
             # Callers that read "inactive" from now on wake us; the cooling checks
@@ -163,7 +163,7 @@ class Housekeeper:
                 continue
             with m.lock:
                 local = m.sessions.get(session_id)
-                if local is None or local.inflight:
+                if local is None or m.busy(session_id):
                     continue
                 local.consuming = False
                 local.released_at = now
@@ -196,7 +196,9 @@ class Housekeeper:
                 pipe.exists(m.leases.key("session", session_id))
             alive = pipe.execute()
         for session_id, exists in zip(mine, alive, strict=True):
-            if not exists and not m.stopping.is_set():
+            # A call still running (a long batch or stream) is not idleness: its
+            # session expires, if still unused, once it has ended.
+            if not exists and not m.stopping.is_set() and not m.busy(session_id):
                 self.expire_one(session_id)
 
     def expire_one(self, session_id: str) -> None:

@@ -25,6 +25,10 @@ message off its list before the worker records it as unacknowledged, so a
 message in flight when its worker dies is gone. The worker that claims a dead
 owner republishes the journaled calls found neither in the queue nor among the
 restored unacked messages (see :mod:`snakepit_celery.sessions.broker`).
+An entry leaves the journal when its call begins on the owner, when its
+publish fails, when it is revoked before it began, or when it turns out to be
+a duplicate of a call that already ran: a call that must not run is never
+republished, and the hash holds only calls still on their way.
 
 Route states: ``bound`` (owned by ``owner``), ``orphan`` (no live worker had the
 pool), ``failover`` (its owner died; the claimer is restoring its messages),
@@ -295,6 +299,10 @@ class LeaseTable:
             seq, ms, call = _text(raw).split("|", 2)
             entries.append((int(seq), int(ms), _text(task_id), call))
         return sorted(entries)
+
+    def drop_call(self, session_id: str, task_id: str) -> None:
+        """Take a call out of the journal: it will not run (publish failed, revoked, duplicate)."""
+        self.redis.hdel(self.key("calls", session_id), task_id)
 
     def now_ms(self) -> int:
         """Redis' clock, in ms."""

@@ -4,8 +4,8 @@ The :class:`SessionManager` lives as long as the worker. Three threads touch it:
 
 * the consumer's thread, which sees each session message arrive, in queue
   order (:meth:`received`), and switches queue consumers (:class:`QueueSwitch`);
-* the pool's threads, which run calls (:meth:`run_call`), one at a time per
-  session and in arrival order;
+* the pool's threads, which run calls (:meth:`turn`, every task that runs in a
+  session: see :mod:`.calls`), one at a time per session and in arrival order;
 * its own threads: the wake thread (binds and wakes sessions named in this
   worker's wake list) and the housekeeper (:mod:`.housekeeping`: lease,
   failover, idle release, expiry).
@@ -17,13 +17,17 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import redis
+from celery import signals
 from celery.exceptions import Ignore, Reject
 from celery.states import READY_STATES
+from celery.worker import state as worker_state
 
+from snakepit_celery.sessions.calls import TASK_NAME, session_id_of
 from snakepit_celery.sessions.consumer import LocalSession, QueueSwitch
 from snakepit_celery.sessions.lease import LeaseTable
 from snakepit_celery.sessions.ordering import SessionLines
@@ -34,18 +38,6 @@ from snakepit_celery.sessions.store import SessionStore
 __all__ = ["TASK_NAME", "SessionManager", "session_id_of"]
 
 log = logging.getLogger(__name__)
-
-#: The session task's name (its messages are the ones this module watches).
-TASK_NAME = "snakepit.execute_in_session"
-
-
-def session_id_of(args: Any, kwargs: Any) -> str | None:
-    """The session id of a session call's arguments (None if there is none)."""
-    if isinstance(kwargs, dict) and isinstance(kwargs.get("session_id"), str):
-        return str(kwargs["session_id"])
-    if args and isinstance(args[0], str):
-        return str(args[0])
-    return None
 
 
 class SessionManager:
@@ -87,6 +79,9 @@ class SessionManager:
         self.lines = SessionLines()
         self.switch = QueueSwitch(prefix)
         self.sessions: dict[str, LocalSession] = {}
+        #: Calls received and not finished, by session id (whether or not the
+        #: session is local yet): a session with one is not idle.
+        self._inflight: dict[str, set[str]] = {}
         self.lock = threading.RLock()
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -123,27 +118,41 @@ class SessionManager:
 
     # -- consumer thread -------------------------------------------------------------
 
-    def received(self, task_id: str, args: Any, kwargs: Any, has_eta: bool) -> None:
+    def received(self, session_id: str, task_id: str, has_eta: bool) -> None:
         """A session message arrived (consumer thread, in queue order)."""
-        session_id = session_id_of(args, kwargs)
-        if session_id is None:
-            return
         if not has_eta:
             self.lines.join(session_id, task_id)
         with self.lock:
+            self._inflight.setdefault(session_id, set()).add(task_id)
             local = self.sessions.get(session_id)
             if local is not None:
-                local.inflight += 1
                 local.last_used = time.monotonic()
 
     def finished(self, session_id: str, task_id: str) -> None:
-        """A session call ended (ran, failed, or was revoked before running)."""
+        """A session call ended (ran, failed, or was revoked); once or more, all the same."""
         self.lines.leave(session_id, task_id)
         with self.lock:
+            calls = self._inflight.get(session_id)
+            if calls is not None:
+                calls.discard(task_id)
+                if not calls:
+                    del self._inflight[session_id]
             local = self.sessions.get(session_id)
             if local is not None:
-                local.inflight = max(0, local.inflight - 1)
                 local.last_used = time.monotonic()
+
+    def revoked(self, session_id: str, task_id: str) -> None:
+        """A session call was revoked (or expired): it must not run, here or after a failover."""
+        self.finished(session_id, task_id)
+        try:
+            self.leases.drop_call(session_id, task_id)
+        except redis.RedisError as exc:
+            log.warning("snakepit: session %s: revoked %s stays journalled: %s", session_id, task_id, exc)
+
+    def busy(self, session_id: str) -> bool:
+        """Whether a call of the session was received here and has not finished."""
+        with self.lock:
+            return session_id in self._inflight
 
     # -- wake thread -------------------------------------------------------------------
 
@@ -182,6 +191,71 @@ class SessionManager:
 
     # -- pool threads ------------------------------------------------------------------
 
+    @contextmanager
+    def turn(self, task: Any, session_id: str) -> Iterator[str]:
+        """Hold one session call's turn while its body runs; yields the session's pool.
+
+        Every task that runs in a session (see :mod:`.calls`) runs its body in
+        here, so each one: is sent on to its session's queue if it came on
+        another; waits until the calls received before it have finished; does
+        not run if it was revoked meanwhile; is not run again when it is a
+        redelivery of a call that already ran; runs only on the session's
+        owner, which takes it out of the journal and refreshes the session's
+        TTL; and counts as in flight until it ends (idle release
+        and expiry leave a busy session alone).
+
+        Raises:
+            Reject: this worker does not own the session; the message goes back
+                to the queue (a task acknowledged late; one acknowledged early is
+                sent to the session's queue again and ignored here).
+            Ignore: the call was sent on to its session's queue, was revoked, or
+                is a duplicate of a call that already ran.
+        """
+        request = task.request
+        task_id = request.id
+        delivery = request.delivery_info or {}
+        try:
+            if delivery.get("routing_key") not in (None, session_queue_name(self.prefix, session_id)):
+                # Sent around the router (a hand-set queue, or a pool queue): hand it
+                # to its session queue under the same id, so the caller's result
+                # (or stream) still arrives.
+                self._send_again(task)
+                raise Ignore()
+            self.lines.wait_turn(session_id, task_id)
+            if task_id in worker_state.revoked:
+                # Revoked while it waited its turn: Celery counts it as started, so
+                # nothing else stops it. Announced as Celery does (our handler drops
+                # it from the journal; a stream's readers get its final entry).
+                signals.task_revoked.send(
+                    sender=task, request=request, terminated=False, signum=None, expired=False
+                )
+                with suppress(NotImplementedError):  # no result backend
+                    task.backend.mark_as_revoked(task_id, "revoked", request=request)
+                raise Ignore()
+            if delivery.get("redelivered") and task.AsyncResult(task_id).state in READY_STATES:
+                self.leases.drop_call(session_id, task_id)
+                raise Ignore()  # it ran before its owner died, only the ack was lost
+            status, bound_pool = self.leases.begin_call(session_id, self.worker_id, time.time(), task_id)
+            if status == "notmine":
+                if getattr(task, "acks_late", False):
+                    raise Reject(f"session {session_id!r} is not owned by {self.worker_id}", requeue=True)
+                self._send_again(task)  # already acknowledged: a requeue would lose it
+                raise Ignore()
+            if status == "missing":
+                self.store.create_session(session_id)  # expired just now; the call revives it
+            with self.lock:
+                if session_id not in self.sessions:
+                    self.sessions[session_id] = LocalSession(session_id, bound_pool, consuming=True)
+            yield bound_pool
+        finally:
+            self.finished(session_id, task_id)
+
+    @staticmethod
+    def _send_again(task: Any) -> None:
+        """Publish the running message again through the session router, under its own id."""
+        request = task.request
+        task.apply_async(request.args, request.kwargs, task_id=request.id)
+
     def run_call(
         self,
         task: Any,
@@ -193,37 +267,8 @@ class SessionManager:
         timeout: float | None,
         idempotent: bool,
     ) -> Any:
-        """Run one session call on the session's bridge, in its turn.
-
-        Raises:
-            Reject: this worker does not own the session (the message goes back).
-            Ignore: the call already ran (a redelivered duplicate), or it came
-                on a queue other than its session's and was forwarded there.
-        """
-        request = task.request
-        task_id = request.id
-        delivery = request.delivery_info or {}
-        try:
-            if delivery.get("routing_key") not in (None, session_queue_name(self.prefix, session_id)):
-                # Sent around the router (a hand-set queue): hand it to its session
-                # queue under the same id, so the caller's result still arrives.
-                task.apply_async(
-                    (session_id, command, args),
-                    {"pool": pool, "timeout": timeout, "idempotent": idempotent},
-                    task_id=task_id,
-                )
-                raise Ignore()
-            self.lines.wait_turn(session_id, task_id)
-            if delivery.get("redelivered") and task.AsyncResult(task_id).state in READY_STATES:
-                raise Ignore()  # it ran before its owner died, only the ack was lost
-            status, bound_pool = self.leases.begin_call(session_id, self.worker_id, time.time(), task_id)
-            if status == "notmine":
-                raise Reject(f"session {session_id!r} is not owned by {self.worker_id}", requeue=True)
-            if status == "missing":
-                self.store.create_session(session_id)  # expired just now; the call revives it
-            with self.lock:
-                if session_id not in self.sessions:
-                    self.sessions[session_id] = LocalSession(session_id, bound_pool, consuming=True)
+        """Run one ``execute_in_session`` call on the session's bridge, in its turn (see :meth:`turn`)."""
+        with self.turn(task, session_id) as bound_pool:
             return (
                 self.host()
                 .pool(bound_pool or pool)
@@ -232,12 +277,10 @@ class SessionManager:
                     args,
                     timeout=timeout,
                     session_id=session_id,
-                    request_id=task_id,
+                    request_id=task.request.id,
                     idempotent=idempotent,
                 )
             )
-        finally:
-            self.finished(session_id, task_id)
 
     # -- leaving -----------------------------------------------------------------------
 

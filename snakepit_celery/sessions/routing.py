@@ -7,7 +7,13 @@ in the sessions Redis) makes sure someone consumes that queue: a new session
 is bound there and then to the least-loaded live worker hosting its pool, and
 an owner that released the queue's consumer (idle) is woken up. Two callers
 racing on a new session meet in that script, so there is one owner and each
-call is in the queue exactly once.
+call is in the queue exactly once. Every task that runs in a session comes
+this way (``execute_in_session``, and ``execute_stream``/``execute_batch`` given
+a ``session_id``; see :mod:`.calls`).
+
+On a Redis broker the call is journalled by the same script (see
+:mod:`.lease`); when the publish then fails, the entry is taken out again, so
+a failover never republishes a call its caller saw fail.
 
 The queue uses the default (anonymous) exchange: no binding is created, so a
 Redis broker keeps no ``_kombu.binding.*`` key for it. On RabbitMQ every publish
@@ -27,16 +33,13 @@ import kombu
 import redis
 from kombu.utils.uuid import uuid
 
-from snakepit_celery.config import NAME_RE
-from snakepit_celery.errors import InvalidArguments, SessionError
-from snakepit_celery.sessions.ids import validate_session_id
+from snakepit_celery.errors import SessionError
+from snakepit_celery.sessions.calls import journal_entry, parse_call, parse_session_call
 from snakepit_celery.sessions.lease import LeaseTable, Route
 from snakepit_celery.sessions.settings import settings_for
-from snakepit_celery.sessions.wirejson import dumps
 
 __all__ = ["SessionRouter", "parse_call", "router_for", "session_queue", "session_queue_name"]
 
-_CALL_NAMES = ("session_id", "command", "args")
 #: Seconds between two looks at a closing session.
 _CLOSING_POLL = 0.05
 
@@ -52,36 +55,6 @@ def session_queue(prefix: str, session_id: str) -> Any:
     queue: Any = getattr(kombu, "Queue")  # noqa: B009 (kombu does not export it to mypy)
     exchange: Any = getattr(kombu, "Exchange")  # noqa: B009
     return queue(name, exchange(""), routing_key=name, durable=True, auto_delete=False)
-
-
-def parse_call(args: Any, kwargs: dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
-    """Validate a call's arguments before anything is sent.
-
-    Returns:
-        The session id and the call's keyword arguments (all of them by name).
-
-    Raises:
-        InvalidSessionId: the session id is unfit for a queue name or a key.
-        InvalidArguments: no command, or a malformed call.
-    """
-    named = dict(kwargs or {})
-    positional = list(args or ())
-    if len(positional) > len(_CALL_NAMES):
-        raise InvalidArguments(
-            f"execute_in_session takes (session_id, command, args); got {len(positional)} positional values"
-        )
-    for name, value in zip(_CALL_NAMES, positional, strict=False):
-        if name in named:
-            raise InvalidArguments(f"execute_in_session got {name!r} twice")
-        named[name] = value
-    session_id = validate_session_id(named.get("session_id"))
-    command = named.get("command")
-    if not isinstance(command, str) or not command:
-        raise InvalidArguments(f"execute_in_session needs a command name, not {command!r}")
-    pool = named.get("pool")
-    if pool is not None and not (isinstance(pool, str) and NAME_RE.match(pool)):
-        raise InvalidArguments(f"pool {pool!r} must match {NAME_RE.pattern}")
-    return session_id, named
 
 
 class SessionRouter:
@@ -126,10 +99,19 @@ class SessionRouter:
         producer: Any = None,
         **options: Any,
     ) -> Any:
-        """Validate, route and publish one call; returns its ``AsyncResult``."""
+        """Validate, route and publish one session call of ``task``; returns its ``AsyncResult``.
+
+        ``task`` is any of :data:`~snakepit_celery.sessions.calls.SESSION_TASKS`;
+        the call is published to the session's queue whatever ``queue``,
+        ``exchange`` or ``routing_key`` the options name.
+
+        Raises:
+            InvalidSessionId, InvalidArguments: before anything is sent.
+            SessionError: the session is bound to another pool, or stayed closing.
+        """
         from celery import Task
 
-        session_id, named = parse_call(args, kwargs)
+        session_id, args, named = parse_session_call(task.name, args, kwargs)
         queue = session_queue(self.prefix, session_id)
         for key in ("queue", "exchange", "routing_key", "declare"):
             options.pop(key, None)
@@ -138,17 +120,20 @@ class SessionRouter:
             journal = {}
             if on_redis:  # journal the call (see lease.py): kombu could lose it in flight
                 options["task_id"] = options.get("task_id") or uuid()
-                call = {k: v for k, v in named.items() if k not in ("session_id", "command", "args")}
-                journal = {
-                    "task_id": options["task_id"],
-                    "call": dumps([named["command"], named.get("args"), call]),
-                }
+                journal = {"task_id": options["task_id"], "call": journal_entry(task.name, args, named)}
             found = self.route(session_id, named.get("pool"), **journal)
             named["pool"] = found.pool
-            if not on_redis:
-                # NOTE: same channel as the publish, so the broker declares first.
-                queue.bind(prod.channel).declare(nowait=True)
-            return Task.apply_async(task, (), named, producer=prod, queue=queue, declare=[], **options)
+            try:
+                if not on_redis:
+                    # NOTE: same channel as the publish, so the broker declares first.
+                    queue.bind(prod.channel).declare(nowait=True)
+                return Task.apply_async(task, args, named, producer=prod, queue=queue, declare=[], **options)
+            except BaseException:
+                # Not sent (as far as we know): a journal entry left behind would be
+                # republished at failover, running a call its caller saw fail.
+                if journal:
+                    self.leases.drop_call(session_id, journal["task_id"])
+                raise
 
 
 _routers: weakref.WeakKeyDictionary[Any, SessionRouter] = weakref.WeakKeyDictionary()

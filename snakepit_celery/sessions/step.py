@@ -2,7 +2,21 @@
 
 It starts after the task consumer exists (it adds session queues to it) and
 is told again after every reconnection (the new task consumer knows none of
-them). The session task finds the manager through :func:`current_manager`.
+them). The session tasks find the manager through :func:`current_manager`.
+
+It watches the messages of every task that runs in a session (see
+:mod:`.calls`): ``task_received`` gives each its place in its session's line,
+``task_revoked`` takes a revoked one out of the line and out of the journal.
+
+Warm shutdown hands the sessions over last. Celery stops the consumer (no
+more messages), then the snakepit step lets the task pool finish the calls it
+runs and drains the bridges, and only then shuts the consumer's steps down,
+this one first of them: while its connection is still open, the messages it
+had prefetched and not run are not back in their queues. So this step cancels
+the task consumer, puts the unacknowledged messages back at the head of their
+queues in order (Redis; RabbitMQ requeues them in place when the channel
+closes) and closes its channel, and only then leaves its lease. A worker taking a session over
+finds every waiting call in its queue, in order, and none still running.
 """
 
 from __future__ import annotations
@@ -15,7 +29,9 @@ from typing import Any
 from celery import bootsteps, signals
 
 from snakepit_celery.errors import ConfigurationError
-from snakepit_celery.sessions.manager import TASK_NAME, SessionManager, session_id_of
+from snakepit_celery.sessions.broker import return_delivered
+from snakepit_celery.sessions.calls import SESSION_TASKS, session_id_of
+from snakepit_celery.sessions.manager import SessionManager
 from snakepit_celery.sessions.settings import settings_for
 from snakepit_celery.sessions.store import SessionStore
 
@@ -62,18 +78,44 @@ def session_loader_for(app: Any) -> Callable[[str], dict[str, Any] | None] | Non
 
 def _on_received(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
     manager = _manager
-    if manager is None or request is None or request.name != TASK_NAME:
+    if manager is None or request is None or request.name not in SESSION_TASKS:
         return
-    manager.received(request.id, request.args, request.kwargs, has_eta=bool(request.eta))
+    session_id = session_id_of(request.name, request.args, request.kwargs)
+    if session_id is not None:
+        manager.received(session_id, request.id, has_eta=bool(request.eta))
 
 
 def _on_revoked(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
     manager = _manager
-    if manager is None or request is None or getattr(sender, "name", None) != TASK_NAME:
+    name = getattr(sender, "name", None)
+    if manager is None or request is None or name not in SESSION_TASKS:
         return
-    session_id = session_id_of(getattr(request, "args", None), getattr(request, "kwargs", None))
-    if session_id is not None:
-        manager.finished(session_id, request.id)
+    session_id = session_id_of(name, getattr(request, "args", None), getattr(request, "kwargs", None))
+    if session_id is not None and request.id:
+        manager.revoked(session_id, request.id)
+
+
+def _return_prefetched(c: Any) -> None:
+    """Put the messages this worker received and did not run back in their queues.
+
+    Called after the task pool has stopped, so every message still
+    unacknowledged now was never run (or its task was cancelled unstarted).
+    """
+    consumer, connection = getattr(c, "task_consumer", None), getattr(c, "connection", None)
+    if consumer is None or connection is None:
+        return  # no connection: its messages went back when it was lost
+    try:
+        consumer.cancel()
+        channel = getattr(consumer, "channel", None)
+        if channel is not None:
+            if connection.transport.driver_type == "redis":
+                returned = return_delivered(channel)  # in order; kombu's close would reverse them
+                log.info("snakepit: sessions: %d unrun message(s) back in their queues", returned)
+            channel.close()
+    except connection.connection_errors + connection.channel_errors as exc:
+        log.debug("snakepit: sessions: task channel already closed: %r", exc)
+    except Exception:  # the connection's own close still returns them
+        log.exception("snakepit: sessions: returning prefetched messages failed")
 
 
 class SessionStep(bootsteps.StartStopStep):  # type: ignore[misc]
@@ -127,6 +169,9 @@ class SessionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         if manager is None:
             return
         manager.switch.detach()
+        # The worker's steps have stopped (the task pool has finished its calls);
+        # the lease goes only after the unrun messages are back in their queues.
+        _return_prefetched(c)
         manager.stop()
         with _lock:
             if _manager is manager:

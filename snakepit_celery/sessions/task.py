@@ -1,23 +1,74 @@
-"""The task ``snakepit.execute_in_session``: a call pinned to a session's worker and bridge.
+"""The task ``snakepit.execute_in_session``, and the base of tasks that may run in a session.
 
-Its messages are acknowledged late, after the call: a call that was waiting
-(prefetched, or in line behind an earlier call of its session) when its owner
-died is not lost but redelivered to the worker that takes the session over.
-A redelivered call whose result is already stored is not run again.
+``execute_in_session``'s messages are acknowledged late, after the call: a call
+that was waiting (prefetched, or in line behind an earlier call of its
+session) when its owner died is not lost but redelivered to the worker that
+takes the session over. A redelivered call whose result is already stored is
+not run again.
+
+``execute_stream`` and ``execute_batch`` run in a session when given
+``session_id``: :class:`PoolOrSessionTask` sends them through the same router,
+and their bodies run inside :func:`session_turn`, exactly as a call of
+``execute_in_session`` does (see :mod:`.calls`).
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import Any
 
 from celery import Task, shared_task
 
 from snakepit_celery.errors import ExecutionError, SessionError
-from snakepit_celery.sessions.manager import TASK_NAME
+from snakepit_celery.sessions.calls import TASK_NAME
 from snakepit_celery.sessions.routing import router_for
 from snakepit_celery.sessions.step import current_manager
+from snakepit_celery.tasks import PoolTask
 
-__all__ = ["SessionTask", "execute_in_session"]
+__all__ = ["PoolOrSessionTask", "SessionTask", "execute_in_session", "session_turn"]
+
+
+def session_turn(task: Task, session_id: str) -> AbstractContextManager[str]:
+    """Run a session call's body in its turn on the session's owner; yields the session's pool.
+
+    Raises:
+        ConfigurationError: not in a worker with sessions.
+        Reject, Ignore: see :meth:`~snakepit_celery.sessions.manager.SessionManager.turn`.
+    """
+    return current_manager().turn(task, session_id)
+
+
+class PoolOrSessionTask(PoolTask):
+    """Routed like ``execute`` (its pool's queue) without ``session_id``; with one,
+    to the session's queue through the session router, as ``execute_in_session`` is.
+
+    The task's body must then run inside :func:`session_turn`.
+    """
+
+    def apply_async(
+        self,
+        args: Any = None,
+        kwargs: dict[str, Any] | None = None,
+        task_id: str | None = None,
+        producer: Any = None,
+        link: Any = None,
+        link_error: Any = None,
+        shadow: str | None = None,
+        **options: Any,
+    ) -> Any:
+        if (kwargs or {}).get("session_id") is None or self.app.conf.task_always_eager:
+            return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
+        return router_for(self.app).send(
+            self,
+            args,
+            kwargs,
+            producer=producer,
+            task_id=task_id,
+            link=link,
+            link_error=link_error,
+            shadow=shadow,
+            **options,
+        )
 
 
 class SessionTask(Task):  # type: ignore[misc]

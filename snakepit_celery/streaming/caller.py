@@ -18,6 +18,7 @@ from celery.utils import uuid
 
 from snakepit_celery.api import config_for, resolve_redis_url
 from snakepit_celery.streaming.client import Stream
+from snakepit_celery.streaming.pending import DEFAULT_START_TIMEOUT
 
 __all__ = ["redis_client", "stream", "stream_prefix"]
 
@@ -56,6 +57,7 @@ def stream(
     timeout: float | None = None,
     on_chunk: Callable[[dict[str, Any]], object] | None = None,
     idle_timeout: float | None = None,
+    start_timeout: float | None = DEFAULT_START_TIMEOUT,
     app: Celery | None = None,
 ) -> Stream:
     """Start the stream command ``command`` on a worker and read its chunks live.
@@ -63,13 +65,19 @@ def stream(
     Args:
         command: a stream command of the bridge, e.g. ``"batch_inference"``.
         args: its JSON arguments (``bytes`` travel as bytes).
-        session_id: run on the bridge of this session.
+        session_id: run on the bridge of this session, in turn with the
+            session's other calls, on the worker that owns it.
         pool: the named pool; the default pool when None.
         timeout: hard limit of the whole stream on the worker, in seconds.
         on_chunk: callback form: called with every chunk (the final one too);
             ``stream()`` then returns only when the stream has ended.
         idle_timeout: seconds without a chunk before the reader gives up with
             :class:`StreamError` (None: as long as the task is queued or running).
+        start_timeout: seconds the task may stay queued (no worker has started
+            it) before :class:`StreamError`; the stream is then cancelled so it
+            never runs unread. None waits as long as it takes. A stream revoked
+            or failed before it started ends at once whatever this is (the
+            reader asks the result backend).
         app: the Celery app; None means the current app.
 
     Returns:
@@ -79,6 +87,10 @@ def stream(
 
     Raises:
         ConfigurationError: no Redis for streams is configured.
+        InvalidSessionId: ``session_id`` is unfit (before anything is sent).
+        CommandCancelled: (iterating) the task was revoked, before or while it ran.
+        StreamError: (iterating) not started within ``start_timeout``, or the
+            worker stopped relaying without a final chunk.
         SnakepitError: (``on_chunk`` form) the command's error, after its chunks.
 
     Example::
@@ -87,15 +99,30 @@ def stream(
             for chunk in s:
                 print(chunk["progress_percent"])
     """
+    from snakepit_celery.sessions.ids import validate_session_id
+    from snakepit_celery.sessions.routing import session_queue_name
     from snakepit_celery.streaming import task as _registers  # noqa: F401  (the shared task)
 
+    if session_id is not None:  # refused before anything is created or sent
+        session_id = validate_session_id(session_id)
     app = app or current_app
     config = config_for(app)
     client = redis_client(resolve_redis_url(app, config), app)
     task_id = uuid()
     reader = Stream(
-        client, task_id, prefix=config.queue_prefix, on_chunk=on_chunk, idle_timeout=idle_timeout, pace=True
+        client,
+        task_id,
+        prefix=config.queue_prefix,
+        on_chunk=on_chunk,
+        idle_timeout=idle_timeout,
+        start_timeout=start_timeout,
+        app=app,
+        pace=True,
     )
+    if session_id is not None:  # sent to the session's own queue (see sessions.routing)
+        reader.queue = session_queue_name(config.queue_prefix, session_id)
+    else:
+        reader.queue = config.queue_name(pool or config.default_pool)
     client.ping()  # Redis must be reachable before a task is sent that nobody could read
     app.tasks["snakepit.execute_stream"].apply_async(
         (command, args), {"pool": pool, "session_id": session_id, "timeout": timeout}, task_id=task_id

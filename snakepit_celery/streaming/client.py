@@ -5,6 +5,11 @@ stream that another process started (``Stream.follow``), and an SSE endpoint
 can resume after the last event id its browser saw (``after=``). It reads
 with ``XREAD BLOCK`` from its own position, a few entries at a time, so its
 memory stays flat however long the stream is (see ``protocol`` for the layout).
+
+Until it has seen the relay, a reader given the Celery app also asks the
+result backend what became of the task, so a stream revoked while queued or
+failed before its relay started ends instead of waiting forever; one that no
+worker takes ends after ``start_timeout`` (see ``pending``).
 """
 
 from __future__ import annotations
@@ -17,9 +22,10 @@ from types import TracebackType
 from typing import Any
 
 import redis
-from celery import Celery
+from celery import Celery, current_app
 
 from snakepit_celery.errors import CommandCancelled, SnakepitError, StreamError
+from snakepit_celery.streaming.pending import DEFAULT_START_TIMEOUT, NoBackend, not_started, task_outcome
 from snakepit_celery.streaming.protocol import (
     ACK_TTL,
     DEFAULT_BUFFER_CHUNKS,
@@ -63,6 +69,12 @@ class Stream:
         on_chunk: called with every chunk (the final one too) as it is read.
         idle_timeout: seconds without any entry before :class:`StreamError`;
             None waits as long as the task is queued or its relay is alive.
+        start_timeout: seconds to wait for the relay to start (the task to
+            leave its queue) before :class:`StreamError`, leaving a cancel
+            request behind; None waits as long as the task is pending.
+        app: the Celery app whose result backend tells a task revoked or
+            failed before its relay started (:class:`CommandCancelled`, the
+            task's error); None relies on Redis alone (``start_timeout``).
         cancel_wait: seconds to wait for the final entry after :meth:`cancel`.
         skip_missed: when the reader fell behind the replay buffer, go on
             from the oldest kept chunk (counted in :attr:`missed`) instead of
@@ -84,6 +96,8 @@ class Stream:
         after: int | None = None,
         on_chunk: Callable[[dict[str, Any]], object] | None = None,
         idle_timeout: float | None = None,
+        start_timeout: float | None = DEFAULT_START_TIMEOUT,
+        app: Celery | None = None,
         cancel_wait: float = DEFAULT_CANCEL_WAIT,
         skip_missed: bool = False,
         block: float = 1.0,
@@ -96,6 +110,10 @@ class Stream:
         self.keys = StreamKeys.for_task(task_id, prefix)
         self.on_chunk = on_chunk
         self.idle_timeout = idle_timeout
+        self.start_timeout = start_timeout
+        self.app = app
+        #: The Celery queue the task was sent to, when known (named by the start timeout's error).
+        self.queue: str | None = None
         self.cancel_wait = cancel_wait
         self.skip_missed = skip_missed
         self.block = block
@@ -115,7 +133,8 @@ class Stream:
         self._final: dict[str, Any] | None = None
         self._done = False
         self._relay_seen = False
-        self._last_activity = time.monotonic()
+        self._last_activity = self._opened_at = time.monotonic()
+        self._backend = app
         self._cancelled_by_me = False
         self._cancel_deadline = 0.0
 
@@ -141,6 +160,7 @@ class Stream:
         from snakepit_celery.streaming.caller import redis_client, stream_prefix
 
         options.setdefault("prefix", stream_prefix(app))
+        options.setdefault("app", app or current_app)
         return cls(redis_client(redis_url, app), task_id, **options)
 
     # -- state ------------------------------------------------------------------------------------
@@ -294,21 +314,18 @@ class Stream:
             self.missed += lost
             self._fetched = available
             return True
-        self._ready.append(
-            (
-                _FAIL,
-                self._fetched,
-                StreamError(
-                    f"stream {self.task_id}: this reader fell behind and chunks {self._fetched}.."
-                    f"{available - 1} ({lost}) left the replay buffer (it keeps about "
-                    f"{DEFAULT_BUFFER_CHUNKS} chunks); read faster or pass skip_missed=True"
-                ),
-            )
+        self._fail(
+            f"stream {self.task_id}: this reader fell behind and chunks {self._fetched}.."
+            f"{available - 1} ({lost}) left the replay buffer (it keeps about "
+            f"{DEFAULT_BUFFER_CHUNKS} chunks); read faster or pass skip_missed=True"
         )
         return False
 
     def _check_idle(self) -> None:
-        """After an empty XREAD: fail if the relay died or the idle timeout passed."""
+        """After an empty XREAD: fail if the relay died, never started, or the idle timeout passed."""
+        # The backend first: a relay writes its final entry before the task's state is set,
+        # so a state read here is never newer than the entries the read below sees.
+        verdict = None if self._relay_seen else self._backend_verdict()
         pipe = self.client.pipeline(transaction=False)
         pipe.exists(self.keys.alive)
         pipe.xread({self.keys.data: f"{self._fetched}-0"}, count=1)
@@ -318,27 +335,50 @@ class Stream:
         if alive:
             self._relay_seen = True
         elif self._relay_seen:
-            self._ready.append(
-                (
-                    _FAIL,
-                    self._fetched,
-                    StreamError(
-                        f"stream {self.task_id}: the worker stopped relaying after {self._fetched} "
-                        "chunks without a final chunk (worker died or lost Redis)"
-                    ),
-                )
+            self._fail(
+                f"stream {self.task_id}: the worker stopped relaying after {self._fetched} "
+                "chunks without a final chunk (worker died or lost Redis)"
             )
+            return
+        elif verdict is not None:
+            self._end_unstarted(verdict)
+            return
+        elif self.start_timeout is not None and time.monotonic() - self._opened_at > self.start_timeout:
+            self._give_up()
             return
         idle = time.monotonic() - self._last_activity
         if self.idle_timeout is not None and idle > self.idle_timeout:
             state = "relaying" if self._relay_seen else "started (still queued?)"
-            self._ready.append(
-                (
-                    _FAIL,
-                    self._fetched,
-                    StreamError(f"stream {self.task_id}: no chunk for {idle:.1f}s; not {state}"),
-                )
-            )
+            self._fail(f"stream {self.task_id}: no chunk for {idle:.1f}s; not {state}")
+
+    def _fail(self, message: str) -> None:
+        self._ready.append((_FAIL, self._fetched, StreamError(message)))
+
+    def _backend_verdict(self) -> Outcome | StreamError | None:
+        """The task's end per the result backend (None: not ended, or nobody to ask)."""
+        if self._backend is None:
+            return None
+        try:
+            return task_outcome(self._backend, self.task_id)
+        except NoBackend:
+            self._backend = None
+            return None
+
+    def _end_unstarted(self, verdict: Outcome | StreamError) -> None:
+        if isinstance(verdict, StreamError):
+            self._ready.append((_FAIL, self._fetched, verdict))
+            return
+        if verdict.status == "cancelled" and not self._cancelled_by_me:
+            # A worker that never heard of the revoke (started after it) must not run it either.
+            with contextlib.suppress(redis.RedisError):
+                self._request_cancel(verdict.reason)
+        self._ready.append((_FINAL, self._fetched, verdict))
+
+    def _give_up(self) -> None:
+        waited = time.monotonic() - self._opened_at
+        with contextlib.suppress(redis.RedisError):
+            self._request_cancel(f"the reader gave up: not started within {waited:.0f}s")
+        self._ready.append((_FAIL, self._fetched, not_started(self.task_id, waited, self.queue)))
 
     # -- control ----------------------------------------------------------------------------------
 
@@ -351,12 +391,16 @@ class Stream:
         """
         if self._done or self._cancelled_by_me:
             return
+        self._request_cancel(reason)
+        self._cancelled_by_me = True
+        self._cancel_deadline = time.monotonic() + self.cancel_wait
+
+    def _request_cancel(self, reason: str) -> None:
+        """Leave a cancel request the relay polls (and reads first thing if it starts later)."""
         pipe = self.client.pipeline(transaction=False)
         pipe.rpush(self.keys.cancel, reason.encode())
         pipe.expire(self.keys.cancel, DEFAULT_STREAM_TTL)
         pipe.execute()
-        self._cancelled_by_me = True
-        self._cancel_deadline = time.monotonic() + self.cancel_wait
 
     def close(self) -> None:
         """Stop reading (no cancel) and release the Redis client if this stream owns it."""

@@ -22,7 +22,11 @@ Entry ids encode positions, so a reader resumes with a plain ``XREAD``:
   the outcome as JSON (``ok``, ``error`` with the error's class and args, or
   ``cancelled``);
 * a reader that has consumed ``p`` chunks reads after id ``p-0``: the first
-  entry returned starts at or before ``p`` unless chunks were trimmed away.
+  entry returned starts at or before ``p`` unless chunks were trimmed away;
+* a stream that ended before its relay relayed anything (revoked while
+  queued, failed before it started) has only the final entry ``0-1``; since
+  ``XADD`` refuses an id at or below the last one, writing ``0-1`` is an
+  atomic "end it unless anything was written already" (:func:`end_unstarted`).
 
 Beside it: ``<key>:cancel``, a list the caller pushes to (the relay polls it);
 ``<key>:alive``, a short-lived key the relay refreshes while it runs, so a
@@ -43,6 +47,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+import redis
 from snakepit_bridge import wire
 
 from snakepit_celery import errors
@@ -56,6 +61,7 @@ __all__ = [
     "Outcome",
     "StreamKeys",
     "decode_chunks",
+    "end_unstarted",
     "error_from_outcome",
     "validate_task_id",
 ]
@@ -193,3 +199,26 @@ def decode_chunks(fields: dict[bytes, bytes]) -> list[Any]:
     if not isinstance(chunks, list):
         raise StreamError(f"malformed stream entry: chunks are a {type(chunks).__name__}, not a list")
     return chunks
+
+
+def end_unstarted(
+    client: redis.Redis, keys: StreamKeys, outcome: Outcome, *, ttl: int = DEFAULT_STREAM_TTL
+) -> bool:
+    """Write ``outcome`` as the final entry of a stream nothing was written to yet.
+
+    Used by the worker for a stream that ends before its relay relays a chunk
+    (revoked while queued, failed before the relay started, cancelled while
+    waiting for a bridge). Two of them may race (the revoke handler and the
+    task itself): the first final entry stands.
+
+    Returns:
+        False when the stream already had an entry (this outcome was dropped).
+    """
+    try:
+        client.xadd(keys.data, {b"f": outcome.to_json()}, id="0-1")
+    except redis.ResponseError as exc:
+        if "equal or smaller" not in str(exc):
+            raise
+        return False
+    client.expire(keys.data, ttl)
+    return True

@@ -16,23 +16,32 @@ the cancel list (every flush, and every ``poll_interval`` while idle), asks the
 task's revoke check, and refreshes the ``alive`` heartbeat. A cancel is passed
 to the source (the bridge stream cancels its gRPC call; the bridge closes the
 generator) and the stream ends with a ``cancelled`` outcome.
+
+The reader thread also *opens* the source, because opening borrows a bridge
+and may wait in the pool's queue (up to its ``queue_timeout``): meanwhile the
+writer keeps the heartbeat alive (a reader must not take a stream waiting for
+a bridge for a dead one) and keeps polling cancel and revoke, so a stream
+cancelled while it waits ends at once. The reader thread stays behind until
+the pool hands it the bridge (at most the pool's ``queue_timeout``) and then
+closes the source at once: the command starts on the bridge and is cancelled
+before its first chunk is relayed (the pool has no checkout that can be
+abandoned).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import redis
 from snakepit_bridge import wire
 
-from snakepit_celery.errors import CommandCancelled, SnakepitError, StreamError
+from snakepit_celery.errors import SnakepitError, StreamError
 from snakepit_celery.streaming.protocol import (
     DEFAULT_BUFFER_CHUNKS,
     DEFAULT_STREAM_TTL,
@@ -40,49 +49,13 @@ from snakepit_celery.streaming.protocol import (
     HEARTBEAT_TTL,
     Outcome,
     StreamKeys,
+    end_unstarted,
 )
+from snakepit_celery.streaming.sources import ChunkSource, End, IterableSource, Opening, read_source
 
 __all__ = ["ChunkSource", "IterableSource", "RelaySettings", "StreamRelay"]
 
 logger = logging.getLogger(__name__)
-
-
-class ChunkSource(Protocol):
-    """What the relay reads: the pool's ``BridgeStream`` or an :class:`IterableSource`."""
-
-    def __enter__(self) -> Any: ...
-    def __exit__(self, *exc: object) -> Any: ...
-    def __iter__(self) -> Iterator[list[Any]]: ...
-    def cancel(self) -> None: ...
-
-
-class IterableSource:
-    """A chunk source over any Python iterable of chunks, one chunk per message.
-
-    For streams produced in the worker itself (and the relay's own tests);
-    ``cancel()`` takes effect before the next chunk is taken.
-    """
-
-    def __init__(self, chunks: Any) -> None:
-        self._chunks = chunks
-        self._cancelled = threading.Event()
-
-    def __enter__(self) -> IterableSource:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        close = getattr(self._chunks, "close", None)
-        if close is not None:
-            close()
-
-    def __iter__(self) -> Iterator[list[Any]]:
-        for chunk in self._chunks:
-            if self._cancelled.is_set():
-                raise CommandCancelled("the stream was cancelled")
-            yield [chunk]
-
-    def cancel(self) -> None:
-        self._cancelled.set()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,13 +100,6 @@ class _Entry:
     blobs: list[bytes] = field(default_factory=list)
 
 
-class _End:
-    """Put by the reader when the source is exhausted or failed."""
-
-    def __init__(self, error: BaseException | None = None) -> None:
-        self.error = error
-
-
 class StreamRelay:
     """Relays one task's chunks to Redis.
 
@@ -175,19 +141,17 @@ class StreamRelay:
         """Open the source, relay all its chunks, write the final entry, return the outcome.
 
         A cancel requested before the start ends the stream at once, without
-        opening the source (no bridge is borrowed). An error raised by
-        ``open_source`` or by the source ends it with an ``error`` outcome;
-        the caller (the task) decides whether to raise it.
+        opening the source (no bridge is borrowed); one requested while
+        ``open_source`` still waits (for a bridge) ends it at once too. An
+        error raised by ``open_source`` or by the source ends it with an
+        ``error`` outcome (a :class:`StreamError` naming any error that is not
+        the library's own); the caller (the task) decides whether to raise it.
         """
         self._started = time.time()
         reason = self._start()
         if reason is not None:
             return self._finish(Outcome("cancelled", 0, reason=reason))
-        try:
-            source = open_source()
-        except SnakepitError as exc:
-            return self._finish(Outcome("error", 0, error=exc))
-        return self._relay(source)
+        return self._relay(open_source)
 
     def _start(self) -> str | None:
         pipe = self.client.pipeline(transaction=False)
@@ -204,17 +168,21 @@ class StreamRelay:
             return "the task was revoked"
         return None
 
-    def _relay(self, source: ChunkSource) -> Outcome:
+    def _relay(self, open_source: Callable[[], ChunkSource]) -> Outcome:
         settings = self.settings
-        inbox: queue.Queue[list[Any] | _End] = queue.Queue(maxsize=settings.read_ahead)
+        inbox: queue.Queue[list[Any] | End] = queue.Queue(maxsize=settings.read_ahead)
         stop = threading.Event()
+        source = Opening()
         reader = threading.Thread(
-            target=_read, args=(source, inbox, stop), name=f"snakepit-stream-{self.task_id[:8]}", daemon=True
+            target=read_source,
+            args=(open_source, source, inbox, stop),
+            name=f"snakepit-stream-{self.task_id[:8]}",
+            daemon=True,
         )
         reader.start()
         cancel_reason: str | None = None
         cancel_deadline = 0.0
-        end: _End | None = None
+        end: End | None = None
         try:
             while end is None:
                 entries, end = self._gather(inbox, settings.poll_interval)
@@ -230,8 +198,8 @@ class StreamRelay:
                     cancel_reason = requested
                     cancel_deadline = time.monotonic() + settings.cancel_grace
                     logger.info("stream %s: cancelling (%s)", self.task_id, requested)
-                    with contextlib.suppress(Exception):
-                        source.cancel()
+                    if not source.cancel():
+                        break  # still waiting for a bridge: nothing to drain, end now
                 if end is None and cancel_reason is not None and time.monotonic() > cancel_deadline:
                     logger.warning(
                         "stream %s: source ignored cancel for %.1fs", self.task_id, settings.cancel_grace
@@ -239,8 +207,7 @@ class StreamRelay:
                     break
         except redis.RedisError as exc:
             # Nothing more can reach the readers; stop the bridge and tell the task.
-            with contextlib.suppress(Exception):
-                source.cancel()
+            source.cancel()
             stop.set()
             raise StreamError(f"stream {self.task_id}: Redis failed while relaying: {exc}") from exc
         finally:
@@ -254,10 +221,12 @@ class StreamRelay:
             outcome = Outcome("error", self._seq, error=error)
         else:
             outcome = Outcome("ok", self._seq)
-        reader.join(timeout=settings.cancel_grace)
+        if source.opened:
+            # One that still waits for a bridge closes the source as soon as it gets it (read_source).
+            reader.join(timeout=settings.cancel_grace)
         return self._finish(outcome)
 
-    def _gather(self, inbox: queue.Queue[list[Any] | _End], wait: float) -> tuple[list[_Entry], _End | None]:
+    def _gather(self, inbox: queue.Queue[list[Any] | End], wait: float) -> tuple[list[_Entry], End | None]:
         """Everything the reader has ready (waiting up to ``wait`` for the first message)."""
         settings = self.settings
         entries: list[_Entry] = []
@@ -268,7 +237,7 @@ class StreamRelay:
         except queue.Empty:
             return entries, None
         while True:
-            if isinstance(item, _End):
+            if isinstance(item, End):
                 return entries, item
             total += self._add(entries, item)
             if total >= settings.flush_bytes or self._seq - first >= settings.flush_chunks:
@@ -365,35 +334,20 @@ class StreamRelay:
         return (self._cancel_reason(results[-1]) if check_cancel else None), ack
 
     def _finish(self, outcome: Outcome) -> Outcome:
-        """Write the final entry (one round trip) and drop the heartbeat."""
+        """Write the final entry (one round trip) and drop the heartbeat.
+
+        A stream that relayed nothing may already have been ended by the
+        worker's revoke handler (see ``end_unstarted``): that earlier final
+        entry stands, and this one is dropped.
+        """
         keys = self.keys
+        if outcome.chunks == 0:
+            end_unstarted(self.client, keys, outcome, ttl=self.settings.ttl)
+            self.client.delete(keys.alive)
+            return outcome
         pipe = self.client.pipeline(transaction=False)
         pipe.xadd(keys.data, {b"f": outcome.to_json()}, id=f"{outcome.chunks}-1")
         pipe.expire(keys.data, self.settings.ttl)
         pipe.delete(keys.alive)
         pipe.execute()
         return outcome
-
-
-def _read(source: ChunkSource, inbox: queue.Queue[list[Any] | _End], stop: threading.Event) -> None:
-    """The reader thread: move messages from the source into the bounded inbox."""
-
-    def put(item: list[Any] | _End) -> bool:
-        while not stop.is_set():
-            try:
-                inbox.put(item, timeout=0.1)
-                return True
-            except queue.Full:
-                continue
-        return False
-
-    end = _End()
-    try:
-        with source:
-            for message in source:
-                if not put(list(message)):
-                    source.cancel()
-                    return
-    except BaseException as exc:  # delivered to the writer, which decides what it means
-        end = _End(exc)
-    put(end)

@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psutil
 import pytest
+from celery.utils import uuid
 
-from snakepit_celery.errors import CommandCancelled, CommandError
-from snakepit_celery.streaming import Stream, stream
+from snakepit_celery.errors import CommandCancelled, CommandError, PoolNotFound, StreamError
+from snakepit_celery.streaming import Stream, StreamKeys, stream
+from snakepit_celery.streaming.caller import redis_client
 
 #: The integration conftest's worker (``app``, ``execute``, ``stats()``, ``process``).
 Worker = Any
@@ -138,3 +141,98 @@ def test_memory_stays_flat_over_a_long_stream(worker: Worker) -> None:
     peak_caller = max(m[1] for m in (*marks.values(), end))
     assert peak_worker - marks["warm"][0] < bound, f"worker RSS grew {marks}"
     assert peak_caller - marks["warm"][1] < bound, f"caller RSS grew {marks}"
+
+
+# -- streams whose relay never runs (or waits): the reader must still end -----------------------------
+
+
+def test_a_stream_no_worker_takes_ends_after_start_timeout(worker: Worker) -> None:
+    # No worker hosts a pool "gpu": its queue has no consumer; the task stays PENDING.
+    s = stream("ping_stream", {"count": 3}, pool="gpu", start_timeout=1.0, app=worker.app)
+    with pytest.raises(StreamError, match=rf"not started within .*'{worker.prefix}\.pool\.gpu'"), s:
+        list(s)
+
+
+def test_a_stream_revoked_in_the_broker_ends_promptly(worker: Worker) -> None:
+    # Sits in a queue nobody consumes; the live worker hears the revoke and marks it REVOKED.
+    s = stream("ping_stream", {"count": 3}, pool="gpu", app=worker.app)
+    worker.app.control.revoke(s.task_id)
+    started = time.monotonic()
+    with pytest.raises(CommandCancelled, match="revoked"), s:
+        list(s)
+    assert time.monotonic() - started < 5
+
+
+def send_stream(worker: Worker, args: tuple[Any, ...], kwargs: dict[str, Any], **options: Any) -> str:
+    """Send the stream task by hand to the python pool's queue (what ``stream()`` never sends)."""
+    task_id = uuid()
+    queue = worker.config.queue_name("python")
+    worker.app.send_task("snakepit.execute_stream", args, kwargs, task_id=task_id, queue=queue, **options)
+    return task_id
+
+
+def test_a_stream_task_that_fails_before_its_relay_ends_with_its_error(worker: Worker) -> None:
+    # No command argument: Celery fails the task before its body (and the relay) runs.
+    task_id = send_stream(worker, (), {"pool": "python"})
+    with pytest.raises(StreamError, match="failed before relaying anything: TypeError"):
+        list(Stream.follow(task_id, app=worker.app))
+    # An unknown pool on the worker that took it: PoolNotFound, as the library's class.
+    task_id = send_stream(worker, ("ping_stream", {"count": 3}), {"pool": "nope"})
+    with pytest.raises(PoolNotFound, match="nope"):
+        list(Stream.follow(task_id, app=worker.app))
+
+
+def test_an_expired_stream_ends_for_a_reader_without_result_backend(worker: Worker) -> None:
+    # The worker drops the expired message; its revoke handler writes the final entry.
+    task_id = send_stream(
+        worker,
+        ("ping_stream", {"count": 3}),
+        {"pool": "python"},
+        expires=datetime.now(UTC) - timedelta(seconds=5),
+    )
+    reader = Stream(redis_client(None, worker.app), task_id, prefix=worker.prefix)  # Redis alone
+    with pytest.raises(CommandCancelled, match="expired"):
+        list(reader)
+
+
+def busy_with_sleep(worker: Worker, seconds: float) -> Any:
+    sleeping = worker.execute.delay("sleep", {"seconds": seconds})
+    worker.wait_for(lambda stats: stats["busy"] == 1)
+    return sleeping
+
+
+def test_a_stream_revoked_while_waiting_for_the_busy_bridge_ends_promptly(worker_factory: Any) -> None:
+    busy = worker_factory({"python": {"size": 1}}, name="busy")
+    sleeping = busy_with_sleep(busy, 15)
+    s = stream("ping_stream", {"count": 0, "interval": 0.01}, app=busy.app)  # endless
+    client = redis_client(None, busy.app)
+    alive = StreamKeys.for_task(s.task_id, busy.prefix).alive
+    wait_for(lambda: bool(client.exists(alive)), 10)  # its relay runs, waiting for the bridge
+    busy.app.control.revoke(s.task_id)
+    started = time.monotonic()
+    with pytest.raises(CommandCancelled, match="revoked"), s:
+        list(s)
+    assert time.monotonic() - started < 3
+    assert not sleeping.ready()
+    sleeping.get(timeout=30)
+    # The bridge it got afterwards was cancelled at once and is free again.
+    wait_for(lambda: info(busy)["streams_cancelled"] == 1, 10)
+    assert info(busy)["streams_started"] == 1
+
+
+def test_a_stream_revoked_before_any_worker_thread_took_it_ends_promptly(worker_factory: Any) -> None:
+    one = worker_factory({"python": {"size": 1}}, name="one", args=("--concurrency", "1"))
+    sleeping = busy_with_sleep(one, 8)  # the only thread: the stream's message waits in the worker
+    s = stream("ping_stream", {"count": 3}, app=one.app)
+    one.app.control.revoke(s.task_id)
+    started = time.monotonic()
+    with pytest.raises(CommandCancelled, match="revoked"), s:
+        list(s)
+    assert time.monotonic() - started < 3
+    assert not sleeping.ready()
+    sleeping.get(timeout=30)
+    # The task runs once the thread is free, and ends without borrowing the bridge.
+    client = redis_client(None, one.app)
+    data = StreamKeys.for_task(s.task_id, one.prefix).data
+    wait_for(lambda: client.xlen(data) == 1, 10)
+    assert info(one)["streams_started"] == 0

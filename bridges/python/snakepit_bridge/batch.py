@@ -51,8 +51,8 @@ def run_batch(
     used = 0
     stats = service.stats
     for item in request.items:
-        if used >= budget or not context.is_active():
-            break  # the rest is sent again (or the caller is gone)
+        if used >= budget or service.stopping.is_set() or not context.is_active():
+            break  # the rest is sent again (or the caller is gone, or so is the bridge)
         stats.requests += 1
         try:
             kwargs = service._args(cmd, item)

@@ -93,6 +93,7 @@ def serve(
     handler.allowed_modules = frozenset(allowed_modules)
     loop = LoopThread()
     service = BridgeService(handler, max_message_bytes=max_message_bytes, loop=loop)
+    service.stopping = stop  # a batch starts no item once the bridge is stopping
     if any(cmd.is_async for cmd in service.commands.values()):
         _ = loop.loop  # start it now rather than inside the first call
 

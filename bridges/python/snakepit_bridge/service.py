@@ -108,6 +108,9 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
         self.sessions = SessionTable(handler, self.stats)
         self.max_message_bytes = max_message_bytes
         self.loop = loop
+        #: Set when the bridge stops (SIGTERM, its parent's death): a batch then
+        #: starts no further item, since nobody may be left to take the answer.
+        self.stopping = threading.Event()
         self._streams: set[StreamRun] = set()
         self._streams_lock = threading.Lock()
         self.active = ActiveCalls()

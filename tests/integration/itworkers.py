@@ -108,7 +108,7 @@ class WorkerFactory:
         self.request = request
         self.shared = shared
         self.workers: list[Worker] = []
-        self.amqp_prefixes: list[tuple[str, SnakepitConfig, str]] = []
+        self.amqp_prefixes: list[tuple[str, SnakepitConfig, str, str]] = []
 
     def broker_url(self, kind: str) -> str:
         if kind == "redis":
@@ -148,7 +148,7 @@ class WorkerFactory:
         worker = Worker(app, hostname, process, config, prefix, broker_url, worker_env)
         self.workers.append(worker)
         if not broker_url.startswith("redis"):
-            self.amqp_prefixes.append((prefix, config, broker_url))
+            self.amqp_prefixes.append((prefix, config, broker_url, backend))
         process.start()
         if self.shared:
             SHARED_ROOTS.add(process.pid)
@@ -167,8 +167,8 @@ class WorkerFactory:
             SHARED_ROOTS.discard(worker.process.pid)
             worker.app.close()
             survivors += _reap(tree)
-        for prefix, config, url in self.amqp_prefixes:
-            _delete_amqp_objects(url, prefix, config)
+        for prefix, config, url, backend in self.amqp_prefixes:
+            _delete_amqp_objects(url, prefix, config, backend)
         assert not survivors, f"processes outlived their worker: {survivors}"
 
 
@@ -185,11 +185,24 @@ def _reap(procs: list[psutil.Process], timeout: float = 10.0) -> list[str]:
     return described
 
 
-def _delete_amqp_objects(url: str, prefix: str, config: SnakepitConfig) -> None:
+def _session_queues(redis_url: str, prefix: str) -> list[str]:
+    """The session queues of this worker group: one per session route left in Redis."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    try:
+        routes = [k.decode() for k in client.scan_iter(f"{prefix}:route:*", count=1000)]
+    finally:
+        client.close()
+    return [f"{prefix}.session.{key.rsplit(':', 1)[1]}" for key in routes]
+
+
+def _delete_amqp_objects(url: str, prefix: str, config: SnakepitConfig, redis_url: str) -> None:
     """Remove the queues and exchanges this test made on the shared RabbitMQ (names with our prefix)."""
     from kombu import Connection
 
     queues = [config.queue_name(p.name) for p in config.pools] + [f"{prefix}.default"]
+    queues += _session_queues(redis_url, prefix)
     exchanges = [*queues, f"{prefix}.control.pidbox", f"reply.{prefix}.control.pidbox", f"{prefix}.ev"]
     with Connection(url) as conn:
         for queue in queues:

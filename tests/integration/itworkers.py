@@ -10,6 +10,7 @@ here (``from itworkers import Worker``), never from ``conftest``.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import time
 import uuid
@@ -204,15 +205,8 @@ def _delete_amqp_objects(url: str, prefix: str, config: SnakepitConfig, redis_ur
     queues = [config.queue_name(p.name) for p in config.pools] + [f"{prefix}.default"]
     queues += _session_queues(redis_url, prefix)
     exchanges = [*queues, f"{prefix}.control.pidbox", f"reply.{prefix}.control.pidbox", f"{prefix}.ev"]
+    delete_queues(url, queues)
     with Connection(url) as conn:
-        for queue in queues:
-            channel = conn.channel()
-            try:
-                channel.queue_delete(queue)
-            except Exception:
-                pass
-            finally:
-                channel.close()
         for exchange in exchanges:
             channel = conn.channel()
             try:
@@ -221,3 +215,28 @@ def _delete_amqp_objects(url: str, prefix: str, config: SnakepitConfig, redis_ur
                 pass
             finally:
                 channel.close()
+
+
+def delete_queues(broker_url: str, names: list[str]) -> None:
+    """Delete these queues on an AMQP broker; one already gone is no error."""
+    from kombu import Connection
+
+    with Connection(broker_url) as conn:
+        for name in names:
+            channel = conn.channel()
+            with contextlib.suppress(Exception):  # already gone (expired, or never made)
+                channel.queue_delete(name)
+            with contextlib.suppress(Exception):  # the broker closed it after a failed delete
+                channel.close()
+
+
+def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll ``condition`` until it is truthy (its value then), or fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {what}")
+        time.sleep(0.05)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import redis
-from itworkers import Worker, WorkerFactory
+from itworkers import Worker, WorkerFactory, delete_queues, wait_for
 from kombu import Connection
 
 from snakepit_celery import InvalidSessionId
@@ -97,26 +97,8 @@ class Pair:
 
     def cleanup(self) -> None:
         """Delete the session queues this module made on a shared RabbitMQ (ours only)."""
-        if self.a.broker.startswith("redis"):
-            return
-        with Connection(self.a.broker) as conn:
-            for sid in self.used:
-                channel = conn.channel()
-                with contextlib.suppress(Exception):  # already gone (expired)
-                    channel.queue_delete(session_queue(self.prefix, sid).name)
-                with contextlib.suppress(Exception):
-                    channel.close()
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
+        if not self.a.broker.startswith("redis"):
+            delete_queues(self.a.broker, [session_queue(self.prefix, sid).name for sid in self.used])
 
 
 @pytest.fixture(scope="module", params=["redis", "amqp"])

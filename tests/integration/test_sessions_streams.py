@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,8 +19,7 @@ from typing import Any
 
 import pytest
 import redis
-from itworkers import Worker, WorkerFactory
-from kombu import Connection
+from itworkers import Worker, WorkerFactory, delete_queues, wait_for
 
 from snakepit_celery import InvalidSessionId, stream
 from snakepit_celery.sessions.lease import LeaseTable
@@ -82,27 +80,9 @@ class Pair:
         return dict(self.sessions_redis.hgetall(self.leases.key("calls", sid)))
 
     def cleanup(self) -> None:
-        """Delete the session queues made on a shared RabbitMQ (ours only)."""
-        if self.on_redis:
-            return
-        with Connection(self.a.broker) as conn:
-            for sid in self.used:
-                channel = conn.channel()
-                with contextlib.suppress(Exception):  # already gone (expired)
-                    channel.queue_delete(session_queue(self.prefix, sid).name)
-                with contextlib.suppress(Exception):
-                    channel.close()
-
-
-def wait_for(condition: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
+        """Delete the session queues this module made on a shared RabbitMQ (ours only)."""
+        if not self.on_redis:
+            delete_queues(self.a.broker, [session_queue(self.prefix, sid).name for sid in self.used])
 
 
 @contextlib.contextmanager

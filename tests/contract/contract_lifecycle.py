@@ -106,8 +106,10 @@ class SessionLifecycleContract(ContractHooks):
 
     def test_payload_over_the_limit(self, launch: Launch) -> None:
         _proc, client = launch(["--max-message-bytes", "100000"])
-        code, _detail = client.fail("echo", {"data": "x" * 150_000})
-        assert code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT)
+        code, detail = client.fail("echo", {"data": "x" * 150_000})
+        assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert detail.type == "PayloadTooLarge"
+        assert "100000" in detail.message  # names the limit
         assert client.execute("echo", {"data": "x" * 1000})["echoed"]["data"] == "x" * 1000
 
     def test_parent_death_ends_bridge(self) -> None:

@@ -181,3 +181,18 @@ class UnaryContract(ContractHooks):
         code, detail = client.fail("compute", {"operation": "modulo", "a": 1, "b": 2})
         assert code == grpc.StatusCode.INVALID_ARGUMENT
         assert "modulo" in detail.message
+
+    def test_stream_command_refused_on_execute(self, client: Client) -> None:
+        code, detail = client.fail("ping_stream", {})
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "ExecuteStream" in detail.message
+
+    def test_unary_command_on_execute_stream(self, client: Client) -> None:
+        assert client.messages("compute", {"operation": "add", "a": 1, "b": 2}) == [
+            [{"result": 3, "operation": "add"}]
+        ]
+
+    def test_soft_deadline(self, client: Client) -> None:
+        code, detail = client.fail("sleep", {"seconds": 0.3}, timeout=0.05)
+        assert code == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert detail.kind == Kind.TIMEOUT

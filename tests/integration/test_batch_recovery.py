@@ -16,14 +16,13 @@ import gc
 import json
 import os
 import signal
-import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
+import psutil
 import pytest
 from celery.result import AsyncResult
-from itworkers import Worker, WorkerFactory
+from itworkers import Worker, WorkerFactory, wait_for
 
 from snakepit_celery import batch_map
 from snakepit_celery.batch import pool_capacity
@@ -77,12 +76,11 @@ def test_10000_items_across_two_workers_use_both_and_keep_order(pair: tuple[Work
     assert sum(ran) == 10_000 and min(ran) > 0, ran
 
 
-def _wait(predicate: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout}s: {what}")
-        time.sleep(0.05)
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 @pytest.mark.parametrize("pair", [("redis", GATED), ("amqp", GATED)], indirect=True, ids=["redis", "amqp"])
@@ -97,9 +95,13 @@ def test_a_worker_killed_mid_map_loses_no_item_and_repeats_only_its_chunk(
     result = batch_map("wait_file", items, app=a.app, chunk_size=chunk).delay()
 
     busy = lambda w: w.stats()["pools"]["python"]["busy"] == 2  # noqa: E731
-    _wait(lambda: busy(a) and busy(b), 60, "both workers running a chunk")
+    wait_for(lambda: busy(a) and busy(b), 60, "both workers running a chunk")
+    a_bridges = a.bridge_pids()
     a.process.signal(signal.SIGKILL)
     assert a.process.wait(10) is not None
+    # A bridge notices its worker's death on its own (a pidfd watch); open the gate
+    # only once A's bridges are gone, so that "A's items" means what A had in flight.
+    wait_for(lambda: not any(_running(pid) for pid in a_bridges), 15, "A's bridges to end")
     gate.touch()
 
     results = result.get(timeout=90)

@@ -11,6 +11,9 @@ set), interleaved so that a change of machine load hits both alike:
 Targets (issue 3): throughput >= 0.8 of plain Celery's; p50 <= plain + 1 ms.
 
     .venv/bin/python benchmarks/celery_overhead.py [--tasks 10000] [--calls 1000]
+
+``--grpc-experiments ""`` runs the worker and its bridges on gRPC's own
+defaults instead of snakepit's setting (see ``snakepit_celery.grpcenv``).
 """
 
 from __future__ import annotations
@@ -98,6 +101,9 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks per throughput run")
     parser.add_argument("--calls", type=int, default=1_000, help="sequential calls per latency run")
     parser.add_argument("--pool-size", type=int, default=2, help="bridges (and worker threads)")
+    parser.add_argument(
+        "--grpc-experiments", default=None, help="GRPC_EXPERIMENTS for the worker (default: snakepit's)"
+    )
     ns = parser.parse_args()
 
     with ExitStack() as stack:
@@ -112,6 +118,8 @@ def main() -> int:
         hostname = f"{prefix}@{socket.gethostname()}"
         env = {"BENCH_BROKER": broker, "BENCH_BACKEND": backend, "BENCH_PREFIX": prefix}
         env["BENCH_POOL_SIZE"] = str(ns.pool_size)
+        if ns.grpc_experiments is not None:
+            env["GRPC_EXPERIMENTS"] = ns.grpc_experiments
         argv = [
             "-A",
             "celery_overhead",
@@ -150,6 +158,7 @@ def main() -> int:
     print(
         f"Celery overhead: {ns.pool_size} bridges, threads pool, "
         f"broker {broker.split('://')[0]}, one run, interleaved"
+        + ("" if ns.grpc_experiments is None else f", GRPC_EXPERIMENTS={ns.grpc_experiments!r}")
     )
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -16,6 +16,7 @@ The tasks reach the pools through :func:`current_host`.
 
 from __future__ import annotations
 
+import os
 import threading
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from celery.concurrency import solo, thread
 from celery.utils.log import get_logger
 from celery.worker.control import control_command, inspect_command
 
+from snakepit_celery import grpcenv
 from snakepit_celery.api import config_for
 from snakepit_celery.errors import ConfigurationError, SnakepitError
 
@@ -104,6 +106,12 @@ class SnakepitStep(bootsteps.StartStopStep):  # type: ignore[misc]
             )
         _refuse_pickle(worker.app.conf)
         self.config = config_for(worker.app)
+        if not grpcenv.tune_this_process():  # before the pools import gRPC
+            logger.debug(
+                "snakepit: gRPC experiments left as they are (%s=%r)",
+                grpcenv.VARIABLE,
+                os.environ.get(grpcenv.VARIABLE, "<gRPC imported before the worker started>"),
+            )
         if worker.concurrency < self.config.total_bridges and issubclass(pool_cls, thread.TaskPool):
             logger.warning(
                 "snakepit: worker concurrency %d is below the %d bridges of its pools; "

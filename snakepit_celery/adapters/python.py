@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from typing import ClassVar
 
+from snakepit_celery import grpcenv
 from snakepit_celery.adapters.base import Adapter, LaunchSpec
 from snakepit_celery.config import PoolConfig
 
@@ -31,6 +32,12 @@ class PythonAdapter(Adapter):
         for module in pool.allowed_modules:
             args += ["--allow-module", module]
         return args
+
+    def environment(self, pool: PoolConfig) -> dict[str, str]:
+        """The base environment, plus the gRPC tuning of :mod:`snakepit_celery.grpcenv` unless set."""
+        env = super().environment(pool)
+        grpcenv.for_python_bridge(env)
+        return env
 
     def command(self, pool: PoolConfig) -> list[str]:
         return [pool.executable or sys.executable, "-m", "snakepit_bridge", *self._python_args(pool)]

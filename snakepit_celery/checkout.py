@@ -3,11 +3,14 @@
 A free slot goes straight to the oldest waiter that can take it (any slot,
 or the one its session is pinned to); only when no waiter can take it does
 it join the idle list. So an idle slot never coexists with a waiter that
-could use it, the fast path is one lock and one ``popleft``, and nobody
-polls. The limits are exact because both decisions happen under the lock:
-a caller that finds ``max_queue`` callers already waiting is refused at
-once (``PoolSaturated``), and a waiter whose queue timeout passes removes
-itself before any slot can be handed to it, so it never runs later
+could use it, the fast path is one lock and one ``pop``, and nobody polls.
+Waiters are served oldest first, but idle slots newest first (last in,
+first out): at low load one bridge serves call after call while its threads
+and caches are still warm, instead of each call waking the bridge that has
+been idle longest. The limits are exact because both decisions happen under
+the lock: a caller that finds ``max_queue`` callers already waiting is
+refused at once (``PoolSaturated``), and a waiter whose queue timeout passes
+removes itself before any slot can be handed to it, so it never runs later
 (``QueueTimeout``). A waiter that was handed a slot just as its time ran
 out keeps the slot: it was served in time.
 
@@ -119,7 +122,7 @@ class SlotQueue:
                 raise cls(message)
             if wanted is None:
                 while self.idle:
-                    slot = self.idle.popleft()
+                    slot = self.idle.pop()
                     if self._take(slot):
                         return slot, 0.0
             elif wanted.state == "idle":

@@ -117,6 +117,29 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval
         time.sleep(interval)
 
 
+def pids_serving(pool: Any, size: int, gate_dir: Path) -> set[int]:
+    """The pids that answer ``size`` calls running at once: one per bridge.
+
+    Sequential calls all go to the newest idle bridge, so reaching every
+    bridge takes calls that hold their bridges until all have started.
+    """
+    import threading
+
+    gate = gate_dir / f"every-bridge-{time.monotonic_ns()}"
+    pids: list[int] = []
+    threads = [
+        threading.Thread(target=lambda: pids.append(pool.execute("wait_file", {"path": str(gate)})["pid"]))
+        for _ in range(size)
+    ]
+    for thread in threads:
+        thread.start()
+    wait_until(lambda: pool.stats()["busy"] == size, 10.0, f"{size} bridges busy at once")
+    gate.touch()
+    for thread in threads:
+        thread.join(10.0)
+    return set(pids)
+
+
 def pid_alive(pid: int) -> bool:
     """True while ``pid`` is a live (not zombie) process."""
     import psutil

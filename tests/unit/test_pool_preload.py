@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from snakepit_celery.errors import BridgeStartError, ConfigurationError
-from tests.handlers import PoolFactory, pid_alive, pool_config, wait_until
+from tests.handlers import PoolFactory, pid_alive, pids_serving, pool_config, wait_until
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def zygote_of(pool: object) -> psutil.Process:
     return psutil.Process(zygote.pid)
 
 
-def test_bridges_are_forked_from_one_zygote(make_pool: PoolFactory) -> None:
+def test_bridges_are_forked_from_one_zygote(make_pool: PoolFactory, tmp_path: Path) -> None:
     pool = make_pool(size=3, start_method="preload")
     zygote = zygote_of(pool)
     assert "snakepit_bridge.zygote" in " ".join(zygote.cmdline())
@@ -35,7 +35,7 @@ def test_bridges_are_forked_from_one_zygote(make_pool: PoolFactory) -> None:
     assert {c.pid for c in zygote.children()} == pids
     # NOTE: a gRPC object would have started threads; the zygote has only its main thread.
     assert zygote.num_threads() == 1
-    assert {pool.execute("info")["pid"] for _ in range(3)} == pids
+    assert pids_serving(pool, 3, tmp_path) == pids
     assert pool.execute("echo", {"b": b"\x00"})["echoed"] == {"b": b"\x00"}
     # The run id is on every bridge's command line (inherited from the zygote's).
     for pid in pids:

@@ -1,4 +1,4 @@
-"""Checkout limits under load: PoolSaturated and QueueTimeout exact, FIFO order."""
+"""Checkout limits under load: PoolSaturated and QueueTimeout exact, FIFO waiters, LIFO idle bridges."""
 
 from __future__ import annotations
 
@@ -69,13 +69,20 @@ def test_saturation_is_exact_under_32_callers(make_pool: PoolFactory, tmp_path: 
     assert len(log.read_text().split()) == size + max_queue
     stats = pool.stats()
     assert stats["requests"] == size + max_queue and stats["queued"] == 0 and stats["errors"] == 0
-    # The bridges' own counters: each ran exactly what the pool says (+1 for the asking info call).
-    served = {}
-    for _ in range(size):
-        info = pool.execute("info")
-        served[info["pid"]] = info["requests_handled"]
-    assert set(served) == pids
-    assert sum(served.values()) - size == size + max_queue
+    # The bridges' own counters: each ran exactly what the pool counted for it. Idle
+    # bridges are taken newest first, so one is held busy while the other is asked.
+    counted = {b["pid"]: b["requests"] for b in stats["bridges"]}
+    assert sum(counted.values()) == size + max_queue
+    hold = tmp_path / "hold"
+    holder = run_all([lambda: pool.execute("wait_file", {"path": str(hold)})])
+    wait_until(lambda: pool.stats()["busy"] == 1, 5.0, "one bridge held")
+    other = pool.execute("info")  # +1: the info call itself
+    hold.touch()
+    holder[0].join(10.0)
+    held = pool.execute("info")  # the newest idle one: +2, the hold and this call
+    assert {other["pid"], held["pid"]} == pids
+    assert other["requests_handled"] == counted[other["pid"]] + 1
+    assert held["requests_handled"] == counted[held["pid"]] + 2
 
 
 def test_queue_timeouts_are_exact_and_never_run_later(make_pool: PoolFactory, tmp_path: Path) -> None:
@@ -125,6 +132,25 @@ def test_waiters_are_served_first_come_first_served(make_pool: PoolFactory, tmp_
     for thread in threads:
         thread.join(10.0)
     assert log.read_text().split() == [str(i) for i in range(12)]
+
+
+def test_idle_bridges_are_taken_newest_first(make_pool: PoolFactory, tmp_path: Path) -> None:
+    pool = make_pool(size=3)
+    gates = [tmp_path / f"gate{i}" for i in range(3)]
+    results: list[dict[str, Any]] = []
+    threads = run_all(
+        [lambda gate=gate: results.append(pool.execute("wait_file", {"path": str(gate)})) for gate in gates]
+    )
+    wait_until(lambda: pool.stats()["busy"] == 3, 5.0, "all three bridges are busy")
+    for i, gate in enumerate(gates):  # free them one by one: the last one freed is the newest idle
+        gate.touch()
+        wait_until(lambda i=i: len(results) == i + 1, 5.0, f"call {i} returned")
+    for thread in threads:
+        thread.join(5.0)
+    newest = results[-1]["pid"]
+    assert len({r["pid"] for r in results}) == 3
+    # At low load one warm bridge serves call after call.
+    assert {pool.execute("ping")["pid"] for _ in range(5)} == {newest}
 
 
 def test_session_waiter_does_not_block_others(make_pool: PoolFactory, tmp_path: Path) -> None:

@@ -70,21 +70,21 @@ class SignalTelemetry(Telemetry):
         session_id: str | None,
         request_id: str | None,
     ) -> None:
-        fields = {
-            "pool": pool,
-            "command": command,
-            "outcome": outcome,
-            "duration": round(duration, 6),
-            "task_id": request_id,
-            "session_id": session_id,
-        }
         # A successful call is DEBUG: Celery already logs every task at INFO, and
         # a second INFO line per call doubles the log volume of a busy worker.
         if outcome in _WARN_OUTCOMES:
             level = logging.WARNING
         else:
             level = logging.DEBUG if outcome == "ok" else logging.INFO
-        if request_logger.isEnabledFor(level):
+        if request_logger.isEnabledFor(level):  # the fields are built only for a line that is logged
+            fields = {
+                "pool": pool,
+                "command": command,
+                "outcome": outcome,
+                "duration": round(duration, 6),
+                "task_id": request_id,
+                "session_id": session_id,
+            }
             request_logger.log(
                 level,
                 "snakepit request pool=%s command=%s outcome=%s duration=%.6f task_id=%s session_id=%s",

@@ -101,6 +101,7 @@ def main() -> int:
     parser.add_argument("--tasks", type=int, default=10_000, help="tasks per throughput run")
     parser.add_argument("--calls", type=int, default=1_000, help="sequential calls per latency run")
     parser.add_argument("--pool-size", type=int, default=2, help="bridges (and worker threads)")
+    parser.add_argument("--concurrency", type=int, default=None, help="worker threads (default: install's)")
     parser.add_argument(
         "--grpc-experiments", default=None, help="GRPC_EXPERIMENTS for the worker (default: snakepit's)"
     )
@@ -130,6 +131,8 @@ def main() -> int:
             "WARNING",
             "--without-mingle",
         ]
+        if ns.concurrency:
+            argv += ["--concurrency", str(ns.concurrency)]
         worker = stack.enter_context(WorkerProcess([*argv, "--without-gossip"], env=env, cwd=str(HERE)))
         worker.wait_ready(app, hostname)
 

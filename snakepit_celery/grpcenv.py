@@ -10,11 +10,13 @@ path, still shipped and supported). Measured on grpcio 1.85 (2 cores, a
 ``ping`` on a Unix socket): a quarter less CPU per call on both sides and
 about 0.3 ms less for a call from a Celery task (``benchmarks/celery_overhead.py``).
 
-gRPC reads ``GRPC_EXPERIMENTS`` once, when its core starts, so the value must
-be in the environment before the first ``import grpc`` of a process: the
-worker sets it as its snakepit step is built (gRPC is imported only when the
-pools start), and every Python bridge gets it in its launch environment.
-A ``GRPC_EXPERIMENTS`` the user set, even to the empty string (gRPC's own
+gRPC reads ``GRPC_EXPERIMENTS`` once per process, while ``import grpc`` runs.
+The worker therefore imports gRPC with the variable set, as its snakepit step
+is built (before the pools would import it), and then restores its
+environment: the processes it starts later (a task's own subprocesses, Node.js
+and Ruby bridges, whose gRPC builds do not know these names) inherit nothing.
+Each Python bridge gets the variable in its launch environment. A
+``GRPC_EXPERIMENTS`` the user set, even to the empty string (gRPC's own
 defaults), is never changed.
 """
 
@@ -24,46 +26,31 @@ import os
 import sys
 from collections.abc import MutableMapping
 
-__all__ = ["GRPC_EXPERIMENTS", "VARIABLE", "for_other_bridge", "for_python_bridge", "tune_this_process"]
+__all__ = ["GRPC_EXPERIMENTS", "VARIABLE", "for_python_bridge", "tune_this_process"]
 
 #: The environment variable gRPC's core reads its experiments from.
 VARIABLE = "GRPC_EXPERIMENTS"
 #: The experiments turned off by default (see the module's docstring).
 GRPC_EXPERIMENTS = "-event_engine_client,-event_engine_listener"
 
-#: True once :func:`tune_this_process` put the default into ``os.environ``.
-_set_here = False
-
 
 def tune_this_process() -> bool:
-    """Put the default ``GRPC_EXPERIMENTS`` into this process's environment.
+    """Load gRPC in this process with the default experiments; ``os.environ`` is left as it was.
 
     Returns:
-        True when it now applies: the variable was unset and gRPC not yet
-        imported. False when the user set the variable, or when gRPC was
-        already imported (too late to change it for this process).
+        True when gRPC was loaded with them. False when the user set the
+        variable, or when gRPC was already imported (too late for this process).
     """
-    global _set_here
-    if _set_here:
-        return True
     if VARIABLE in os.environ or "grpc" in sys.modules:
         return False
     os.environ[VARIABLE] = GRPC_EXPERIMENTS
-    _set_here = True
+    try:
+        import grpc  # noqa: F401  (the core reads its experiments here, once)
+    finally:
+        del os.environ[VARIABLE]
     return True
 
 
 def for_python_bridge(env: MutableMapping[str, str]) -> None:
     """Give a Python bridge's launch environment the default, unless it has a value."""
     env.setdefault(VARIABLE, GRPC_EXPERIMENTS)
-
-
-def for_other_bridge(env: MutableMapping[str, str]) -> None:
-    """Keep this process's default out of a non-Python bridge's environment.
-
-    Their gRPC builds do not know these experiment names (Debian's ruby-grpc
-    1.51 logs an error for each at start), so only a value the user set
-    themselves is passed on.
-    """
-    if _set_here and env.get(VARIABLE) == GRPC_EXPERIMENTS:
-        del env[VARIABLE]

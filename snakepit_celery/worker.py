@@ -108,9 +108,9 @@ class SnakepitStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.config = config_for(worker.app)
         if not grpcenv.tune_this_process():  # before the pools import gRPC
             logger.debug(
-                "snakepit: gRPC experiments left as they are (%s=%r)",
+                "snakepit: gRPC keeps its experiments (%s=%r)",
                 grpcenv.VARIABLE,
-                os.environ.get(grpcenv.VARIABLE, "<gRPC imported before the worker started>"),
+                os.environ.get(grpcenv.VARIABLE, "<unset, but gRPC was loaded before this step>"),
             )
         if worker.concurrency < self.config.total_bridges and issubclass(pool_cls, thread.TaskPool):
             logger.warning(

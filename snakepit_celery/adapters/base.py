@@ -12,7 +12,6 @@ import os
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from snakepit_celery import grpcenv
 from snakepit_celery.config import PoolConfig
 
 __all__ = ["MESSAGE_OVERHEAD", "Adapter", "LaunchSpec", "max_message_bytes"]
@@ -72,13 +71,8 @@ class Adapter:
         ]
 
     def environment(self, pool: PoolConfig) -> dict[str, str]:
-        """The worker's environment with the pool's ``env`` on top.
-
-        The worker's own gRPC tuning (:mod:`snakepit_celery.grpcenv`) is left
-        out: other languages' gRPC builds do not know its names.
-        """
+        """The worker's environment with the pool's ``env`` on top."""
         env = dict(os.environ)
-        grpcenv.for_other_bridge(env)
         env.update(pool.env)
         return env
 

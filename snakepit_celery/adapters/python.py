@@ -34,7 +34,8 @@ class PythonAdapter(Adapter):
         return args
 
     def environment(self, pool: PoolConfig) -> dict[str, str]:
-        """The base environment, plus the gRPC tuning of :mod:`snakepit_celery.grpcenv` unless set."""
+        """The worker's environment and the pool's ``env``, plus the gRPC tuning of
+        :mod:`snakepit_celery.grpcenv` unless either sets ``GRPC_EXPERIMENTS``."""
         env = super().environment(pool)
         grpcenv.for_python_bridge(env)
         return env

@@ -159,8 +159,10 @@ def main() -> int:
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     print(
-        f"Celery overhead: {ns.pool_size} bridges, threads pool, "
-        f"broker {broker.split('://')[0]}, one run, interleaved"
+        f"Celery overhead: {ns.pool_size} bridges, threads pool"
+        + (f" of {ns.concurrency}" if ns.concurrency else "")
+        + ", "
+        + f"broker {broker.split('://')[0]}, one run, interleaved"
         + ("" if ns.grpc_experiments is None else f", GRPC_EXPERIMENTS={ns.grpc_experiments!r}")
     )
     for row in rows:

@@ -12,6 +12,8 @@ Every tick (a fraction of a second) the housekeeper of each worker:
 * adopts orphans: sessions no live worker of their pool could take;
 * releases consumers of idle sessions (Redis broker), and for a few seconds
   after, checks their queues for calls sent just as it released;
+* restarts the TTL of the sessions that have a call running or waiting, so
+  an idle session's TTL counts from the end of its last call;
 * expires sessions whose data has expired and that run no call: consumer
   off, queue deleted if empty, bridge state dropped, route removed. A call
   that arrives meanwhile keeps the session alive instead.
@@ -191,13 +193,16 @@ class Housekeeper:
             mine = list(m.sessions)
         if not mine:
             return
+        # A session in use is not idle: its TTL restarts every check while a call
+        # runs (or waits its turn), so its data does not expire under a long call
+        # (given a TTL above expiry_interval) and its idle time counts from the
+        # end of its last call.
+        m.store.keep_alive([session_id for session_id in mine if m.busy(session_id)])
         with m.redis.pipeline(transaction=False) as pipe:
             for session_id in mine:
                 pipe.exists(m.leases.key("session", session_id))
             alive = pipe.execute()
         for session_id, exists in zip(mine, alive, strict=True):
-            # A call still running (a long batch or stream) is not idleness: its
-            # session expires, if still unused, once it has ended.
             if not exists and not m.stopping.is_set() and not m.busy(session_id):
                 self.expire_one(session_id)
 

@@ -16,7 +16,7 @@ Keys (``<p>`` is the queue prefix)::
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis
@@ -41,6 +41,16 @@ local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl'))
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + ttl, ARGV[1])
 return doc
+"""
+
+# KEYS: session hash, index.  ARGV: session id, now.  1 if the session exists (TTL
+# restarted), 0 if not. As _TOUCH without reading the doc, which may be large.
+_REFRESH = """
+local ttl = tonumber(redis.call('HGET', KEYS[1], 'ttl'))
+if not ttl then return 0 end
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('ZADD', KEYS[2], tonumber(ARGV[2]) + ttl, ARGV[1])
+return 1
 """
 
 # KEYS: session hash, index.  ARGV: session id, doc, ttl, now.  1 if created.
@@ -113,6 +123,7 @@ class SessionStore:
         self._index = f"{prefix}:sessions"
         self._programs = f"{prefix}:programs"
         self._touch = self.redis.register_script(_TOUCH)
+        self._refresh = self.redis.register_script(_REFRESH)
         self._create = self.redis.register_script(_CREATE)
         self._forget_expired = self.redis.register_script(_FORGET_EXPIRED)
 
@@ -155,6 +166,24 @@ class SessionStore:
         """The session's data, or None when it does not exist; refreshes its TTL."""
         raw = self._touch(keys=[self._key(session_id), self._index], args=[session_id, time.time()])
         return None if raw is None else dict(_loads(raw))
+
+    def keep_alive(self, session_ids: Iterable[str]) -> list[str]:
+        """Restart the TTL of these sessions, in one round trip; returns those that exist.
+
+        A worker calls this for the sessions that have a call running, so that
+        a call longer than the TTL neither loses the session's data under it
+        nor leaves it expiring as soon as it ends: a session's idle time starts
+        when its last call ends.
+        """
+        ids = list(session_ids)
+        if not ids:
+            return []
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in ids:
+                self._refresh(keys=[self._key(session_id), self._index], args=[session_id, now], client=pipe)
+            found = pipe.execute()
+        return [session_id for session_id, ok in zip(ids, found, strict=True) if ok]
 
     def session_exists(self, session_id: str) -> bool:
         """Whether the session exists (does not refresh its TTL)."""

@@ -57,6 +57,20 @@ def test_read_refreshes_ttl(store: SessionStore) -> None:
     assert store.redis.ttl("sptest:session:s1") > 90
 
 
+def test_keep_alive_restarts_the_ttl_of_the_sessions_that_exist(store: SessionStore) -> None:
+    store.create_session("s1", ttl=100)
+    store.create_session("s2", ttl=50)
+    for sid in ("s1", "s2"):
+        store.redis.expire(f"sptest:session:{sid}", 5)  # as if they had been idle a while
+    before = time.time()
+    assert store.keep_alive(["s1", "gone", "s2"]) == ["s1", "s2"]
+    assert store.redis.ttl("sptest:session:s1") > 90
+    assert 40 < store.redis.ttl("sptest:session:s2") <= 50  # each its own ttl
+    assert store.redis.zscore("sptest:sessions", "s1") >= before + 100  # the index agrees
+    assert not store.session_exists("gone")  # a missing session is not created
+    assert store.keep_alive([]) == []
+
+
 def test_expiry_then_cleanup_leaves_no_key(store: SessionStore) -> None:
     store.create_session("short", ttl=1)
     store.store_program("short", "p", {"x": 1})

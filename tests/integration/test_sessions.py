@@ -215,6 +215,18 @@ def test_expiry_drops_the_bridge_state_and_leaves_no_key(pair: Pair) -> None:
     assert pair.run(sid, "get_counter") == {"value": 0}
 
 
+def test_a_call_longer_than_the_ttl_keeps_its_session(pair: Pair) -> None:
+    sid = pair.sid("long-call")
+    pair.store.create_session(sid, ttl=2)
+    assert pair.run(sid, "set_counter", {"value": 5}) == {"value": 5}
+    # Twice the TTL inside one call: the owner keeps the data alive while it runs.
+    assert pair.run(sid, "sleep", {"seconds": 4.5})["cancelled"] is False
+    assert pair.store.session_exists(sid), "the session's data expired under a running call"
+    assert pair.run(sid, "get_counter") == {"value": 5}  # the bridge state too
+    # Idle from here on, it expires after all: the TTL runs from the end of the last call.
+    wait_for(lambda: not pair.session_keys(sid), 20, f"every key of {sid} to go once idle")
+
+
 # -- failover: a pair of its own per test, one of them killed ------------------------------------
 
 

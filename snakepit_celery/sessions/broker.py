@@ -35,8 +35,9 @@ from snakepit_celery.sessions.wirejson import dumps, loads
 
 __all__ = ["BrokerOps", "LostCall", "return_delivered"]
 
-#: A call to republish: task id, task name, args, kwargs.
-LostCall = tuple[str, str, list[Any], dict[str, Any]]
+#: A call to republish: task id, task name, args, kwargs, sending options
+#: (see :data:`~snakepit_celery.sessions.calls.REPLAYED_OPTIONS`).
+LostCall = tuple[str, str, list[Any], dict[str, Any], dict[str, Any]]
 
 log = logging.getLogger(__name__)
 
@@ -238,8 +239,14 @@ class BrokerOps:
         client = self._plain_client(channel)
         name = session_queue(self.prefix, session_id).name
         raws = []
-        for task_id, task_name, args, kwargs in calls:
-            headers, properties, body, _ = self.app.amqp.create_task_message(task_id, task_name, args, kwargs)
+        for task_id, task_name, args, kwargs, options in calls:
+            canvas = dict(options)
+            # Named as Celery's send_task names them in the message.
+            canvas["callbacks"] = _as_list(canvas.pop("link", None))
+            canvas["errbacks"] = _as_list(canvas.pop("link_error", None))
+            headers, properties, body, _ = self.app.amqp.create_task_message(
+                task_id, task_name, args, kwargs, **canvas
+            )
             ctype, cenc, data = serialize(body, serializer="json")  # type: ignore[no-untyped-call]
             message = channel.prepare_message(
                 data, None, ctype, cenc, headers, dict(properties, delivery_mode=2)
@@ -252,3 +259,10 @@ class BrokerOps:
         script(keys=[key], args=[behind, *raws], client=client)
         log.warning("republished %d session call(s) lost in flight to a dead owner", len(raws))
         return len(raws)
+
+
+def _as_list(value: Any) -> list[Any] | None:
+    """One signature or several as a list, as ``celery.utils.functional.maybe_list``."""
+    if value is None:
+        return None
+    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -21,6 +21,7 @@ from snakepit_celery.sessions.ids import validate_session_id
 from snakepit_celery.sessions.wirejson import dumps, loads
 
 __all__ = [
+    "REPLAYED_OPTIONS",
     "SESSION_TASKS",
     "TASK_NAME",
     "journal_entry",
@@ -105,19 +106,36 @@ def _check_pool(pool: Any) -> None:
         raise InvalidArguments(f"pool {pool!r} must match {NAME_RE.pattern}")
 
 
-def journal_entry(task_name: str, args: Any, kwargs: dict[str, Any]) -> str:
+#: Sending options a republished call keeps: what runs after it (callbacks, the
+#: rest of a chain, the chord it belongs to) and where it sits in its workflow.
+#: Without them a chord whose header call was lost in flight would never finish.
+REPLAYED_OPTIONS = ("link", "link_error", "chain", "chord", "group_id", "group_index", "root_id", "parent_id")
+
+
+def journal_entry(
+    task_name: str, args: Any, kwargs: dict[str, Any], options: dict[str, Any] | None = None
+) -> str:
     """The journal's record of a call: enough to publish it again as it was sent."""
-    return dumps({"task": task_name, "args": list(args or ()), "kwargs": kwargs})
+    entry: dict[str, Any] = {"task": task_name, "args": list(args or ()), "kwargs": kwargs}
+    kept = {key: options[key] for key in REPLAYED_OPTIONS if options and options.get(key) is not None}
+    if kept:
+        entry["options"] = kept
+    return dumps(entry)
 
 
-def read_journal_entry(raw: str, session_id: str) -> tuple[str, list[Any], dict[str, Any]]:
-    """A journal record back as (task name, args, kwargs).
+def read_journal_entry(raw: str, session_id: str) -> tuple[str, list[Any], dict[str, Any], dict[str, Any]]:
+    """A journal record back as (task name, args, kwargs, sending options).
 
     Also reads the older ``[command, args, options]`` records of
     ``execute_in_session``, which a caller of the previous version may have left.
     """
     found = loads(raw)
     if isinstance(found, dict):
-        return str(found["task"]), list(found.get("args") or ()), dict(found.get("kwargs") or {})
+        return (
+            str(found["task"]),
+            list(found.get("args") or ()),
+            dict(found.get("kwargs") or {}),
+            dict(found.get("options") or {}),
+        )
     command, args, options = found
-    return TASK_NAME, [session_id, command, args], dict(options)
+    return TASK_NAME, [session_id, command, args], dict(options), {}

@@ -135,9 +135,9 @@ class Housekeeper:
         lost = []
         for _seq, routed_ms, task_id, raw in journal:
             if routed_ms < horizon and task_id not in present:
-                name, args, kwargs = read_journal_entry(raw, session_id)
+                name, args, kwargs, options = read_journal_entry(raw, session_id)
                 kwargs["pool"] = pool
-                lost.append((task_id, name, args, kwargs))
+                lost.append((task_id, name, args, kwargs, options))
         self.broker.recover_lost(session_id, lost, restored)
 
     def adopt_orphans(self) -> None:

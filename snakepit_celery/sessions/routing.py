@@ -120,7 +120,10 @@ class SessionRouter:
             journal = {}
             if on_redis:  # journal the call (see lease.py): kombu could lose it in flight
                 options["task_id"] = options.get("task_id") or uuid()
-                journal = {"task_id": options["task_id"], "call": journal_entry(task.name, args, named)}
+                journal = {
+                    "task_id": options["task_id"],
+                    "call": journal_entry(task.name, args, named, options),
+                }
             found = self.route(session_id, named.get("pool"), **journal)
             named["pool"] = found.pool
             try:

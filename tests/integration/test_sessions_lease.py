@@ -8,6 +8,7 @@ import time
 import pytest
 import redis
 from kombu import Connection, Consumer, Producer
+from kombu.utils import json
 
 from snakepit_celery.errors import InvalidArguments, InvalidSessionId
 from snakepit_celery.sessions.lease import LeaseTable
@@ -321,7 +322,7 @@ def test_a_call_lost_in_flight_to_a_dead_owner_is_republished_in_order(redis_url
     """kombu's Redis BRPOP takes a message off the list before the worker records
     it as unacked: the dead owner here had #1 unacked, had taken #2 off the list
     when it died (lost in flight), and #3 was still queued. The claimer puts all
-    three back, in order."""
+    three back, in order; #2, a chord's header call, still belongs to its chord."""
     from celery import Celery
 
     from snakepit_celery import SnakepitConfig, install
@@ -336,7 +337,16 @@ def test_a_call_lost_in_flight_to_a_dead_owner_is_republished_in_order(redis_url
     table = LeaseTable(redis.Redis.from_url(redis_url), P)
     register(table, "dead", lease_ms=300)
     call = app.tasks["snakepit.execute_in_session"]
-    sent = [call.delay("s1", "increment_counter", {"by": i}).id for i in (1, 2, 3)]
+    link, link_error = (
+        app.signature("snakepit.execute", ["ping"]),
+        app.signature("snakepit.execute", ["echo"]),
+    )
+    body = app.signature("snakepit.execute", ["echo", {"summed": True}])
+    canvas = {"link": link, "link_error": link_error, "chord": body, "group_id": "g-42", "group_index": 1}
+    sent = [
+        call.apply_async(("s1", "increment_counter", {"by": i}), **(canvas if i == 2 else {})).id
+        for i in (1, 2, 3)
+    ]
     queue = session_queue(P, "s1")
     client = redis.Redis.from_url(redis_url)
     owner = Connection(redis_url)
@@ -371,15 +381,21 @@ def test_a_call_lost_in_flight_to_a_dead_owner_is_republished_in_order(redis_url
             c2 = Consumer(
                 again.channel(),
                 [queue],
-                callbacks=[lambda body, msg: (order.append((msg.headers["id"], body)), msg.ack())],
+                callbacks=[lambda body, msg: (order.append((msg.headers, body)), msg.ack())],
             )
             c2.consume()
             while len(order) < 3:
                 again.drain_events(timeout=2)
-        assert [task_id for task_id, _ in order] == sent
+        assert [headers["id"] for headers, _ in order] == sent
         # Sent by name; the republished one positionally, its pool resolved.
         assert [(b[1].get("args") or b[0][2]) for _, b in order] == [{"by": 1}, {"by": 2}, {"by": 3}]
         assert order[1][1][1]["pool"] == "python"
+        # What runs after #2, and its place in its group, came back with it.
+        headers, (_, _, embed) = order[1]
+        assert (headers["group"], headers["group_index"]) == ("g-42", 1)
+        as_sent = json.loads(json.dumps({"callbacks": [link], "errbacks": [link_error], "chord": body}))
+        assert {key: embed[key] for key in as_sent} == as_sent
+        assert order[2][0]["group"] is None and order[2][1][2]["callbacks"] is None  # #3 had none
     finally:
         keeper.broker.close()
         owner.release()

@@ -185,6 +185,8 @@ class SnakepitConfig:
     #: Prefix of queue names and Redis keys.
     queue_prefix: str = DEFAULT_QUEUE_PREFIX
     #: Parent of the private (0700) run directories; None means a temp dir.
+    #: Keep it short: the bridges' Unix socket paths below it must fit in 107
+    #: bytes, so a worker refuses a base much longer than about 50 bytes.
     run_dir: str | None = None
     #: Broker of the ready-made app and the CLI; ``install()`` uses it only as a
     #: default under the app's own setting.

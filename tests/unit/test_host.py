@@ -43,6 +43,21 @@ def config(base: Path, **pool_overrides: object) -> SnakepitConfig:
     )
 
 
+def test_a_run_dir_too_deep_for_socket_paths_is_refused_by_name(base: Path) -> None:
+    deep = base / ("d" * 60)
+    with pytest.raises(ConfigurationError, match=r"run_dir: .*too deep.*SNAKEPIT_RUN_DIR") as refused:
+        PoolHost(config(deep), host_key="w1@example")
+    assert str(deep) in str(refused.value)
+    assert not deep.exists()  # refused before anything was made or started
+    # The deepest base that still fits works (the sockets fall back on short names).
+    host_dir = host_directory(config(base), "w1@example")
+    room = 107 - len("/12345678.1234.123456.sock") - len(f"/{host_dir.name}/{'0' * 12}")
+    fits = base / ("f" * (room - len(str(base)) - 1))
+    with PoolHost(config(fits), host_key="w1@example") as host:
+        host.start()
+        assert host.pool("main").execute("ping")["status"] == "ok"
+
+
 def test_host_runs_its_pools_in_a_private_run_dir(base: Path) -> None:
     with PoolHost(config(base), host_key="celery@unit test") as host:
         assert host.run_dir.parent == host_directory(host.config, "celery@unit test")

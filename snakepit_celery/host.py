@@ -37,7 +37,6 @@ import psutil
 
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.errors import ConfigurationError, PoolNotFound
-from snakepit_celery.lifecycle import check_socket_room
 from snakepit_celery.pool import BridgePool
 from snakepit_celery.runrecord import create_time, read_records
 from snakepit_celery.telemetry import Telemetry
@@ -185,7 +184,6 @@ class PoolHost:
         self.run_id = secrets.token_hex(6)
         self.host_dir = host_directory(config, host_key)
         self.run_dir = self.host_dir / self.run_id
-        check_socket_room(self.run_dir)
         self.pools: dict[str, BridgePool] = {
             pool.name: BridgePool(
                 pool,

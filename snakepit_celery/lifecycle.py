@@ -39,17 +39,17 @@ from snakepit_celery.runrecord import forget_process, record_process
 from snakepit_celery.supervisor import Supervisor
 from snakepit_celery.telemetry import Telemetry
 
-__all__ = ["SOCKET_PATH_MAX", "PoolLifecycle", "check_socket_room", "failure_reason"]
+__all__ = ["PoolLifecycle", "failure_reason"]
 
 #: Bytes in a Unix socket's path: sun_path holds 108, the last one a NUL.
-SOCKET_PATH_MAX = 107
+_SOCKET_PATH_MAX = 107
 #: What a socket's file name adds to its run dir in the short form that
 #: ``_socket_path`` falls back on: "/<8 digits>.<slot>.<generation>.sock",
 #: given up to 10,000 slots and a million restarts of one.
 _SOCKET_NAME_ROOM = len("/12345678.1234.123456.sock")
 
 
-def check_socket_room(run_dir: Path) -> None:
+def _check_socket_room(run_dir: Path) -> None:
     """Refuse a run dir too deep for its bridges' sockets, before any bridge starts.
 
     Otherwise every bridge would fail to bind and the pool would report only
@@ -59,11 +59,11 @@ def check_socket_room(run_dir: Path) -> None:
         ConfigurationError: names ``run_dir`` and the sizes.
     """
     size = len(str(run_dir).encode())
-    if size + _SOCKET_NAME_ROOM > SOCKET_PATH_MAX:
+    if size + _SOCKET_NAME_ROOM > _SOCKET_PATH_MAX:
         raise ConfigurationError(
             f"run_dir: the bridges' sockets would be in {str(run_dir)!r} ({size} bytes), too deep "
-            f"for a Unix socket path of at most {SOCKET_PATH_MAX} bytes with the file name "
-            f"(room for {SOCKET_PATH_MAX - _SOCKET_NAME_ROOM} bytes of directory); set run_dir "
+            f"for a Unix socket path of at most {_SOCKET_PATH_MAX} bytes with the file name "
+            f"(room for {_SOCKET_PATH_MAX - _SOCKET_NAME_ROOM} bytes of directory); set run_dir "
             "(SNAKEPIT_RUN_DIR) to a shorter directory"
         )
 
@@ -98,6 +98,7 @@ class PoolLifecycle:
                 f"{config.adapter!r} does not (use 'spawn')"
             )
         self.run_dir = Path(run_dir)
+        _check_socket_room(self.run_dir)
         self.run_id = run_id
         self.telemetry = telemetry or Telemetry()
         self._lock = threading.Lock()
@@ -129,7 +130,7 @@ class PoolLifecycle:
 
     def _socket_path(self, slot: Slot) -> str:
         path = str(self.run_dir / f"{self.name}.{slot.index}.{slot.gen}.sock")
-        if len(path.encode()) > SOCKET_PATH_MAX:
+        if len(path.encode()) > _SOCKET_PATH_MAX:
             path = str(self.run_dir / f"{abs(hash(self.name)) % 10**8}.{slot.index}.{slot.gen}.sock")
         return path
 

@@ -28,6 +28,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
+from celery.utils.functional import maybe_list
 from kombu.serialization import dumps as serialize
 
 from snakepit_celery.sessions.routing import session_queue
@@ -242,8 +243,8 @@ class BrokerOps:
         for task_id, task_name, args, kwargs, options in calls:
             canvas = dict(options)
             # Named as Celery's send_task names them in the message.
-            canvas["callbacks"] = _as_list(canvas.pop("link", None))
-            canvas["errbacks"] = _as_list(canvas.pop("link_error", None))
+            canvas["callbacks"] = maybe_list(canvas.pop("link", None))
+            canvas["errbacks"] = maybe_list(canvas.pop("link_error", None))
             headers, properties, body, _ = self.app.amqp.create_task_message(
                 task_id, task_name, args, kwargs, **canvas
             )
@@ -259,10 +260,3 @@ class BrokerOps:
         script(keys=[key], args=[behind, *raws], client=client)
         log.warning("republished %d session call(s) lost in flight to a dead owner", len(raws))
         return len(raws)
-
-
-def _as_list(value: Any) -> list[Any] | None:
-    """One signature or several as a list, as ``celery.utils.functional.maybe_list``."""
-    if value is None:
-        return None
-    return list(value) if isinstance(value, (list, tuple)) else [value]

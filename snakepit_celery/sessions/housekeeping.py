@@ -193,16 +193,21 @@ class Housekeeper:
             mine = list(m.sessions)
         if not mine:
             return
+        busy = {session_id for session_id in mine if m.busy(session_id)}
         # A session in use is not idle: its TTL restarts every check while a call
         # runs (or waits its turn), so its data does not expire under a long call
         # (given a TTL above expiry_interval) and its idle time counts from the
         # end of its last call.
-        m.store.keep_alive([session_id for session_id in mine if m.busy(session_id)])
+        m.store.keep_alive(busy)
+        idle = [session_id for session_id in mine if session_id not in busy]
+        if not idle:
+            return
         with m.redis.pipeline(transaction=False) as pipe:
-            for session_id in mine:
+            for session_id in idle:
                 pipe.exists(m.leases.key("session", session_id))
             alive = pipe.execute()
-        for session_id, exists in zip(mine, alive, strict=True):
+        for session_id, exists in zip(idle, alive, strict=True):
+            # Busy again since the list was made: a call arrived, it lives on.
             if not exists and not m.stopping.is_set() and not m.busy(session_id):
                 self.expire_one(session_id)
 

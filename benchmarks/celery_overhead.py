@@ -12,8 +12,9 @@ Targets (issue 3): throughput >= 0.8 of plain Celery's; p50 <= plain + 1 ms.
 
 A third task, measured alike in the same rounds, is the floor of the design:
 a hand-written Celery task that makes one bare grpcio call to a server that
-answers a constant (``handlers/grpc_floor.py``: no snakepit code on either
-side) and returns the decoded answer. What it costs over the no-op, any
+answers a constant (``handlers/grpc_floor.py``, one per bridge, each worker
+thread calling its own: no snakepit code on either side) and returns the
+decoded answer. What it costs over the no-op, any
 Celery task pays that calls another process over gRPC; what ``execute`` costs
 over it is snakepit's own code (checkout, encoding, the bridge's command
 dispatch, stats).
@@ -56,28 +57,34 @@ def noop() -> None:
     """The plain Celery task: no bridge, nothing to do."""
 
 
-_grpc_stub: list[Any] = []
-_grpc_stub_lock = threading.Lock()
+#: Per worker thread: its stub and request (each thread calls a floor server of its own).
+_floor_local = threading.local()
+_floor_lock = threading.Lock()
+_floor_taken: list[str] = []
 
 
 @shared_task(name="bench.grpc_call")
 def grpc_call() -> Any:
     """The floor: one bare grpcio call to ``handlers/grpc_floor.py``, its answer decoded.
 
-    grpc is imported here, not at the top: the worker must first import it
-    the way its snakepit step does (``grpcenv``), as its bridges' calls run on
-    that setting too.
+    Each worker thread takes a server of its own, as each borrows a bridge of
+    its own from the pool. grpc is imported here, not at the top: the worker
+    must first import it the way its snakepit step does (``grpcenv``), as its
+    bridges' calls run on that setting too.
     """
-    if not _grpc_stub:
-        with _grpc_stub_lock:
-            if not _grpc_stub:
-                import grpc
-                from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
+    stub = getattr(_floor_local, "stub", None)
+    if stub is None:
+        import grpc
+        from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
 
-                channel = grpc.insecure_channel(f"unix:{os.environ['BENCH_FLOOR_SOCKET']}")
-                request = bridge_pb2.ExecuteRequest(command="ping", args=bridge_pb2.Payload(json=b"{}"))
-                _grpc_stub.append((bridge_pb2_grpc.BridgeStub(channel).Execute, request))
-    call, request = _grpc_stub[0]
+        sockets = os.environ["BENCH_FLOOR_SOCKETS"].split(",")
+        with _floor_lock:
+            path = sockets[len(_floor_taken) % len(sockets)]
+            _floor_taken.append(path)
+        channel = grpc.insecure_channel(f"unix:{path}")
+        request = bridge_pb2.ExecuteRequest(command="ping", args=bridge_pb2.Payload(json=b"{}"))
+        stub = _floor_local.stub = (bridge_pb2_grpc.BridgeStub(channel).Execute, request)
+    call, request = stub
     return json.loads(call(request, timeout=30).result.json)
 
 
@@ -157,7 +164,7 @@ def main() -> int:
         hostname = f"{prefix}@{socket.gethostname()}"
         env = {"BENCH_BROKER": broker, "BENCH_BACKEND": backend, "BENCH_PREFIX": prefix}
         env["BENCH_POOL_SIZE"] = str(ns.pool_size)
-        env["BENCH_FLOOR_SOCKET"] = start_floor(stack, ns.grpc_experiments)
+        env["BENCH_FLOOR_SOCKETS"] = ",".join(start_floors(stack, ns.pool_size, ns.grpc_experiments))
         if ns.grpc_experiments is not None:
             env["GRPC_EXPERIMENTS"] = ns.grpc_experiments
         argv = [
@@ -194,27 +201,31 @@ def main() -> int:
     return 0
 
 
-def start_floor(stack: ExitStack, experiments: str | None) -> str:
-    """Start ``handlers/grpc_floor.py`` (ended with ``stack``); return its socket's path."""
+def start_floors(stack: ExitStack, count: int, experiments: str | None) -> list[str]:
+    """Start ``count`` ``handlers/grpc_floor.py`` servers (ended with ``stack``); their sockets."""
     run_dir = tempfile.mkdtemp(prefix="spfloor-")
     stack.callback(shutil.rmtree, run_dir, ignore_errors=True)
-    path = os.path.join(run_dir, "floor.sock")
     env = dict(os.environ)
     if experiments is None:
         grpcenv.for_python_bridge(env)  # the gRPC settings of a Python bridge
     else:
         env[grpcenv.VARIABLE] = experiments
-    server = subprocess.Popen(
-        [sys.executable, str(HERE / "handlers" / "grpc_floor.py"), path],
-        env=env,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    stack.callback(_end, server)
-    assert server.stdout is not None
-    if server.stdout.readline().strip() != "serving":
-        raise RuntimeError(f"handlers/grpc_floor.py did not start (exit status {server.poll()})")
-    return path
+    paths = [os.path.join(run_dir, f"floor.{i}.sock") for i in range(count)]
+    servers = []
+    for path in paths:
+        server = subprocess.Popen(
+            [sys.executable, str(HERE / "handlers" / "grpc_floor.py"), path],
+            env=env,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        stack.callback(_end, server)
+        servers.append(server)
+    for server in servers:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "serving":
+            raise RuntimeError(f"handlers/grpc_floor.py did not start (exit status {server.poll()})")
+    return paths
 
 
 def _end(process: subprocess.Popen[str]) -> None:

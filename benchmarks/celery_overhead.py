@@ -12,12 +12,12 @@ Targets (issue 3): throughput >= 0.8 of plain Celery's; p50 <= plain + 1 ms.
 
 A third task, measured alike in the same rounds, is the floor of the design:
 a hand-written Celery task that makes one bare grpcio call to a server that
-answers a constant (``handlers/grpc_floor.py``, one per bridge, each worker
-thread calling its own: no snakepit code on either side) and returns the
-decoded answer. What it costs over the no-op, any
-Celery task pays that calls another process over gRPC; what ``execute`` costs
-over it is snakepit's own code (checkout, encoding, the bridge's command
-dispatch, stats).
+answers a constant (``handlers/grpc_floor.py``, as many as there are bridges,
+lent most recently used first, as the pool lends bridges; no snakepit code on
+either side) and returns the decoded answer. What it costs over the no-op,
+any Celery task pays that calls another process over gRPC; what ``execute``
+costs over it is snakepit's own code (checkout, encoding, the bridge's
+command dispatch, stats).
 
     .venv/bin/python benchmarks/celery_overhead.py [--tasks 10000] [--calls 1000]
 
@@ -57,35 +57,43 @@ def noop() -> None:
     """The plain Celery task: no bridge, nothing to do."""
 
 
-#: Per worker thread: its stub and request (each thread calls a floor server of its own).
-_floor_local = threading.local()
-_floor_lock = threading.Lock()
-_floor_taken: list[str] = []
+#: Stubs of the floor servers not in use, the most recently used last.
+_floor_free: list[Any] = []
+_floor_ready = threading.Condition()
+_floor_opened = False
 
 
 @shared_task(name="bench.grpc_call")
 def grpc_call() -> Any:
     """The floor: one bare grpcio call to ``handlers/grpc_floor.py``, its answer decoded.
 
-    Each worker thread takes a server of its own, as each borrows a bridge of
-    its own from the pool. grpc is imported here, not at the top: the worker
-    must first import it the way its snakepit step does (``grpcenv``), as its
-    bridges' calls run on that setting too.
+    The call borrows the server used last, as the pool lends the bridge used
+    last: sequential calls go to one warm server, concurrent ones to a server
+    each. grpc is imported here, not at the top: the worker must first import
+    it the way its snakepit step does (``grpcenv``), as its bridges' calls run
+    on that setting too.
     """
-    stub = getattr(_floor_local, "stub", None)
-    if stub is None:
-        import grpc
-        from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
+    global _floor_opened
+    with _floor_ready:
+        if not _floor_opened:
+            import grpc
+            from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
 
-        sockets = os.environ["BENCH_FLOOR_SOCKETS"].split(",")
-        with _floor_lock:
-            path = sockets[len(_floor_taken) % len(sockets)]
-            _floor_taken.append(path)
-        channel = grpc.insecure_channel(f"unix:{path}")
-        request = bridge_pb2.ExecuteRequest(command="ping", args=bridge_pb2.Payload(json=b"{}"))
-        stub = _floor_local.stub = (bridge_pb2_grpc.BridgeStub(channel).Execute, request)
-    call, request = stub
-    return json.loads(call(request, timeout=30).result.json)
+            request = bridge_pb2.ExecuteRequest(command="ping", args=bridge_pb2.Payload(json=b"{}"))
+            for path in os.environ["BENCH_FLOOR_SOCKETS"].split(","):
+                channel = grpc.insecure_channel(f"unix:{path}")
+                _floor_free.append((bridge_pb2_grpc.BridgeStub(channel).Execute, request))
+            _floor_opened = True
+        while not _floor_free:  # more worker threads than servers: wait, as for a bridge
+            _floor_ready.wait()
+        stub = _floor_free.pop()
+    try:
+        call, request = stub
+        return json.loads(call(request, timeout=30).result.json)
+    finally:
+        with _floor_ready:
+            _floor_free.append(stub)
+            _floor_ready.notify()
 
 
 def make_app(broker: str, backend: str, prefix: str, pool_size: int) -> Celery:

@@ -97,11 +97,14 @@ def test_flower_shows_commands_and_pool_stats(worker_factory: WorkerFactory) -> 
         assert tasks[failed.id]["state"] == "FAILURE" and "ZeroDivisionError" in tasks[failed.id]["exception"]
 
         # The worker page's stats come from `inspect stats`: our bootstep's info() is in it.
+        # Flower keeps the last answer when a refresh's inspect times out, and may
+        # hold one from before the calls: wait for one taken after them.
         def worker_stats() -> dict[str, Any] | None:
             status, workers = _get(f"{base}/api/workers?refresh=1")
             assert status == 200, workers
             mine = workers.get(worker.hostname) or {}
-            return mine if "snakepit" in (mine.get("stats") or {}) else None  # None: inspect timed out
+            pools = ((mine.get("stats") or {}).get("snakepit") or {}).get("pools") or {}
+            return mine if (pools.get("python") or {}).get("requests", 0) >= 2 else None
 
         page = _poll("the worker's stats in Flower", worker_stats)
         snakepit = page["stats"]["snakepit"]

@@ -15,14 +15,23 @@ import os
 import weakref
 from typing import Any
 
-from celery import Celery
+from celery import Celery, current_app
 from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
+from celery.local import Proxy
 
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.errors import ConfigurationError
 from snakepit_celery.stats import get_stats  # re-exported: the caller's API lives here
 
-__all__ = ["DEFAULT_BROKER_URL", "config_for", "create_app", "get_stats", "install", "resolve_redis_url"]
+__all__ = [
+    "DEFAULT_BROKER_URL",
+    "app_or_current",
+    "config_for",
+    "create_app",
+    "get_stats",
+    "install",
+    "resolve_redis_url",
+]
 
 #: Broker of :func:`create_app` when neither the config nor Celery's environment names one.
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
@@ -35,13 +44,36 @@ _configs: weakref.WeakKeyDictionary[Celery, SnakepitConfig] = weakref.WeakKeyDic
 _installed: weakref.WeakSet[Celery] = weakref.WeakSet()
 
 
-def config_for(app: Celery) -> SnakepitConfig:
-    """The snakepit config of ``app``: the one given to ``install``, else
-    :meth:`SnakepitConfig.from_env` (read once per app).
+def app_or_current(app: Celery | None = None) -> Celery:
+    """``app`` itself, or Celery's current app when None: never the ``current_app`` proxy.
+
+    Every caller-side function that takes ``app=None`` resolves it here, once.
+    Celery's ``current_app`` is a lazy proxy: it cannot be a key of the per-app
+    weak maps (``TypeError: cannot create weak reference to 'Proxy' object``),
+    and an object that kept it would follow whichever app becomes current
+    later. A proxy passed in explicitly is resolved the same way.
+
+    Example::
+
+        app = app_or_current(app)   # in a function whose ``app`` defaults to None
+    """
+    if app is None:
+        app = current_app
+    if isinstance(app, Proxy):
+        # NOTE: Proxy reports the wrapped object's __class__, so only isinstance(…, Proxy) tells them apart.
+        resolved: Celery = app._get_current_object()
+        return resolved
+    return app
+
+
+def config_for(app: Celery | None = None) -> SnakepitConfig:
+    """The snakepit config of ``app`` (None: the current app): the one given to
+    ``install``, else :meth:`SnakepitConfig.from_env` (read once per app).
 
     Raises:
         ConfigurationError: the environment's config is invalid; names the field.
     """
+    app = app_or_current(app)
     config = _configs.get(app)
     if config is None:
         config = SnakepitConfig.from_env()
@@ -74,6 +106,7 @@ def install(app: Celery, config: SnakepitConfig | None = None) -> None:
     from snakepit_celery.streaming import task as _stream_task  # noqa: F401  (snakepit.execute_stream)
     from snakepit_celery.worker import SnakepitStep
 
+    app = app_or_current(app)  # install(current_app) keys the real app, not the proxy
     if config is not None:
         _configs[app] = config
     if app in _installed:
@@ -150,15 +183,24 @@ def _is_redis(url: str | None) -> bool:
     return bool(url) and str(url).lower().startswith(_REDIS_SCHEMES)
 
 
-def resolve_redis_url(app: Celery, config: SnakepitConfig | None = None) -> str:
+def resolve_redis_url(app: Celery | None = None, config: SnakepitConfig | None = None) -> str:
     """The Redis that sessions and streams use.
 
     ``SNAKEPIT_REDIS_URL`` (``config.redis_url``), else the app's result backend
     when that is Redis, else its broker when that is Redis.
 
+    Args:
+        app: the Celery app; None means the current app.
+        config: its snakepit config; None: :func:`config_for` ``(app)``.
+
     Raises:
         ConfigurationError: none of them is a Redis URL.
+
+    Example::
+
+        SessionStore(resolve_redis_url()).get_session("user_123")
     """
+    app = app_or_current(app)
     config = config or config_for(app)
     if config.redis_url:
         return config.redis_url

@@ -149,10 +149,9 @@ def get_stats(
         stats = get_stats(app)
         stats["busy"], stats["errors"], stats["nodes"]["celery@web1"]["pools"]["python"]["bridge_pids"]
     """
-    if app is None:
-        from celery import current_app
+    from snakepit_celery.api import app_or_current  # api re-exports this module's get_stats
 
-        app = current_app._get_current_object()
+    app = app_or_current(app)
     replies = app.control.broadcast(
         STATS_COMMAND,
         reply=True,

@@ -32,11 +32,11 @@ import weakref
 from collections.abc import Iterable
 from typing import Any
 
-from celery import Celery, chord, current_app
+from celery import Celery, chord
 from celery.canvas import Signature
 from celery.utils import uuid
 
-from snakepit_celery.api import config_for, get_stats, resolve_redis_url
+from snakepit_celery.api import app_or_current, config_for, get_stats, resolve_redis_url
 from snakepit_celery.errors import ConfigurationError, InvalidArguments
 from snakepit_celery.streaming.protocol import validate_task_id
 
@@ -175,7 +175,7 @@ def batch_map(
         results = sig.delay().get(timeout=60)      # 10,000 results, in input order
         (sig | total.s()).delay()                  # composes like any signature
     """
-    app = app or current_app
+    app = app_or_current(app)
     if not isinstance(command, str) or not command:
         raise InvalidArguments(f"batch_map: command must be a command name, not {command!r}")
     values = list(items)

@@ -21,11 +21,9 @@ __all__ = ["create_program", "execute_program"]
 
 
 def _app(app: Any) -> Any:
-    if app is not None:
-        return app
-    from celery import current_app
+    from snakepit_celery.api import app_or_current
 
-    return current_app
+    return app_or_current(app)
 
 
 def create_program(

@@ -13,10 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import redis
-from celery import Celery, current_app
+from celery import Celery
 from celery.utils import uuid
 
-from snakepit_celery.api import config_for, resolve_redis_url
+from snakepit_celery.api import app_or_current, config_for, resolve_redis_url
 from snakepit_celery.streaming.client import Stream
 from snakepit_celery.streaming.pending import DEFAULT_START_TIMEOUT
 
@@ -35,7 +35,7 @@ def redis_client(url: str | None = None, app: Celery | None = None) -> redis.Red
         app: the Celery app; None means the current app.
     """
     if url is None:
-        url = resolve_redis_url(app or current_app)
+        url = resolve_redis_url(app)  # None: the current app
     with _lock:
         client = _clients.get(url)
         if client is None:
@@ -45,7 +45,7 @@ def redis_client(url: str | None = None, app: Celery | None = None) -> redis.Red
 
 def stream_prefix(app: Celery | None = None) -> str:
     """The key prefix of ``app``'s streams (its config's ``queue_prefix``)."""
-    return config_for(app or current_app).queue_prefix
+    return config_for(app).queue_prefix  # None: the current app
 
 
 def stream(
@@ -105,7 +105,7 @@ def stream(
 
     if session_id is not None:  # refused before anything is created or sent
         session_id = validate_session_id(session_id)
-    app = app or current_app
+    app = app_or_current(app)
     config = config_for(app)
     client = redis_client(resolve_redis_url(app, config), app)
     task_id = uuid()

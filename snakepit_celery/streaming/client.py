@@ -22,8 +22,9 @@ from types import TracebackType
 from typing import Any
 
 import redis
-from celery import Celery, current_app
+from celery import Celery
 
+from snakepit_celery.api import app_or_current
 from snakepit_celery.errors import CommandCancelled, SnakepitError, StreamError
 from snakepit_celery.streaming.pending import DEFAULT_START_TIMEOUT, NoBackend, not_started, task_outcome
 from snakepit_celery.streaming.protocol import (
@@ -160,7 +161,7 @@ class Stream:
         from snakepit_celery.streaming.caller import redis_client, stream_prefix
 
         options.setdefault("prefix", stream_prefix(app))
-        options.setdefault("app", app or current_app)
+        options.setdefault("app", app_or_current(app))
         return cls(redis_client(redis_url, app), task_id, **options)
 
     # -- state ------------------------------------------------------------------------------------

@@ -42,6 +42,8 @@ __all__ = ["DEFAULT_CANCEL_WAIT", "Stream"]
 DEFAULT_CANCEL_WAIT = 5.0
 #: Entries fetched per XREAD: bounds the caller's read-ahead memory.
 READ_COUNT = 32
+#: Seconds a reader keeps retrying a Redis it cannot reach before it ends with StreamError.
+REDIS_GRACE = 10.0
 
 _DATA, _FINAL, _FAIL = 0, 1, 2
 
@@ -138,6 +140,7 @@ class Stream:
         self._backend = app
         self._cancelled_by_me = False
         self._cancel_deadline = 0.0
+        self._redis_down_since: float | None = None
 
     @classmethod
     def follow(
@@ -249,6 +252,22 @@ class Stream:
         return self._final
 
     def _fetch(self) -> None:
+        """Read what is next; a lost Redis connection is retried for ``REDIS_GRACE`` s (a
+        restarted Redis comes back empty: the idle check then finds the relay gone), and
+        past that the stream ends with StreamError, never with redis-py's own error."""
+        try:
+            self._read()
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            now = time.monotonic()
+            self._redis_down_since = self._redis_down_since or now
+            if now - self._redis_down_since > REDIS_GRACE:
+                self._fail(f"stream {self.task_id}: its Redis was unreachable for {REDIS_GRACE:.0f}s: {exc}")
+            else:
+                time.sleep(min(0.2, self.block))  # back off before reconnecting
+        else:
+            self._redis_down_since = None
+
+    def _read(self) -> None:
         now = time.monotonic()
         block = self.block
         if self._cancelled_by_me:

@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-unit proto lint bench clean bridges node-bridge ruby-bridge ruby-proto browser
+.PHONY: venv demo test test-unit faults proto lint bench clean bridges node-bridge ruby-bridge ruby-proto browser
 
 # The Node.js and Ruby bridges: npm packages from the lock file, Debian's Ruby gRPC.
 NODE_DIR   := bridges/node
@@ -61,6 +61,10 @@ test: venv browser lint
 
 test-unit: venv
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+## make faults: the fault suite alone (workers and Redis killed under load); `make test` runs it too.
+faults: venv
+	$(PY) -m pytest tests/faults $(PYTEST_ARGS)
 
 ## make proto: regenerate the gRPC code (and its type stubs) from protos/.
 proto: venv ruby-proto

@@ -1,26 +1,12 @@
-"""Fixtures of the fault suite: a worker factory (as the integration tests' own) and a run log."""
+"""Fixtures of the fault suite: the integration tests' worker factory, and a run log."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import scenarios  # noqa: F401  (puts tests/integration on sys.path first)
-from itworkers import WorkerFactory
-
-from snakepit_celery.embedded import EmbeddedRedis
-
-
-@pytest.fixture
-def worker_factory(
-    tmp_path: Path, redis_server: EmbeddedRedis, request: pytest.FixtureRequest
-) -> Iterator[WorkerFactory]:
-    factory = WorkerFactory(tmp_path, redis_server, request, shared=False)
-    try:
-        yield factory
-    finally:
-        factory.close()
+from itworkers import worker_factory  # noqa: F401  (a fixture)
 
 
 @pytest.fixture

@@ -37,13 +37,14 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
-if str(HERE.parent / "integration") not in sys.path:  # itworkers, itapp (the workers' app)
-    sys.path.insert(0, str(HERE.parent / "integration"))
+for _path in (REPO, HERE.parent / "integration"):  # tests.handlers; itworkers, itapp (the workers' app)
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
-import psutil  # noqa: E402
 from itworkers import Worker, WorkerFactory, wait_for  # noqa: E402
 
 from snakepit_celery.embedded import EmbeddedRedis, _die_with_parent  # noqa: E402
+from tests.handlers import pid_alive  # noqa: E402
 
 #: The session lease TTL the scenarios' workers run with (the default is 7 s).
 LEASE_TTL = 3.0
@@ -548,12 +549,15 @@ def bridge_kills(factory: WorkerFactory, log: Path, *, cycles: int = 20, total: 
     return tally
 
 
-def pid_alive(pid: int) -> bool:
-    """True while ``pid`` is a live (not zombie) process."""
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+def _ranges(numbers: list[int]) -> str:
+    """``[0, 1, 2, 7, 8, 3]`` as ``"0-2 7-8 3"``: a run order, readable at a glance."""
+    parts: list[list[int]] = []
+    for n in numbers:
+        if parts and n == parts[-1][1] + 1:
+            parts[-1][1] = n
+        else:
+            parts.append([n, n])
+    return " ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in parts)
 
 
 def _busy(worker: Worker, killed: list[int]) -> list[int] | None:
@@ -645,6 +649,7 @@ def frozen_owner(factory: WorkerFactory, broker: str, log: Path) -> Tally:
             out_of_order=sum(
                 1 for x, y in zip(first_starts, [t for t in sent if t in ran], strict=True) if x != y
             ),
+            run_order=_ranges([sent.index(t) for t in first_starts]),
             overlaps=overlaps,
             owner_switches=segments,
             ran=len(ran),

@@ -5,25 +5,13 @@ that leaves module-scoped workers' process trees alone until their module ends.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
-from itworkers import SHARED_ROOTS, WorkerFactory
+from itworkers import SHARED_ROOTS, WorkerFactory, worker_factory  # noqa: F401  (a fixture)
 from testprocs import assert_no_orphans
 
 from snakepit_celery.embedded import EmbeddedRedis
-
-
-@pytest.fixture
-def worker_factory(
-    tmp_path: Path, redis_server: EmbeddedRedis, request: pytest.FixtureRequest
-) -> Iterator[WorkerFactory]:
-    factory = WorkerFactory(tmp_path, redis_server, request, shared=False)
-    try:
-        yield factory
-    finally:
-        factory.close()
 
 
 @pytest.fixture(scope="module")

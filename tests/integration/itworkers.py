@@ -14,7 +14,7 @@ import contextlib
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -171,6 +171,18 @@ class WorkerFactory:
         for prefix, config, url, backend in self.amqp_prefixes:
             _delete_amqp_objects(url, prefix, config, backend)
         assert not survivors, f"processes outlived their worker: {survivors}"
+
+
+@pytest.fixture
+def worker_factory(
+    tmp_path: Path, redis_server: EmbeddedRedis, request: pytest.FixtureRequest
+) -> Iterator[WorkerFactory]:
+    """Workers for one test, each stopped (and its broker objects deleted) at the test's end."""
+    factory = WorkerFactory(tmp_path, redis_server, request, shared=False)
+    try:
+        yield factory
+    finally:
+        factory.close()
 
 
 def _reap(procs: list[psutil.Process], timeout: float = 10.0) -> list[str]:

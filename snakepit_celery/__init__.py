@@ -40,6 +40,7 @@ from snakepit_celery.errors import (
     SnakepitError,
     StreamError,
     UnknownCommand,
+    WorkerLost,
 )
 from snakepit_celery.sessions import (
     SessionSettings,
@@ -113,4 +114,5 @@ __all__ = [  # noqa: RUF022
     "SnakepitError",
     "StreamError",
     "UnknownCommand",
+    "WorkerLost",
 ]

@@ -10,7 +10,8 @@
     │   ├── PoolSaturated           the checkout queue is full (immediate)
     │   ├── QueueTimeout            no bridge came free in time (never runs later)
     │   ├── PoolClosed              the pool is shutting down
-    │   └── PoolNotFound            no pool of that name on this worker
+    │   ├── PoolNotFound            no pool of that name on this worker
+    │   └── WorkerLost              the worker running the call died; names it
     ├── ExecutionError              the command itself failed
     │   ├── CommandError            it raised; carries remote type and traceback
     │   ├── UnknownCommand          no such command; lists the ones there are
@@ -53,6 +54,7 @@ __all__ = [
     "SnakepitError",
     "StreamError",
     "UnknownCommand",
+    "WorkerLost",
 ]
 
 
@@ -103,6 +105,27 @@ class PoolClosed(InfrastructureError):
 
 class PoolNotFound(InfrastructureError):
     """This worker hosts no pool of that name."""
+
+
+class WorkerLost(InfrastructureError):
+    """The worker that had taken the call died (or lost its broker) before answering.
+
+    Raised for a call that had *begun* on that worker (it may have run, in part
+    or whole, so it is not run again unless it was sent with ``idempotent=True``),
+    and for a call that dead workers took too often (``max_deliveries``): a
+    call that kills every worker that runs it must not go round forever.
+
+    Args:
+        message: what happened, naming the worker.
+        worker: the worker id (``name@host#token``), empty when unknown.
+    """
+
+    def __init__(self, message: str, worker: str = "") -> None:
+        super().__init__(message, worker)
+
+    @property
+    def worker(self) -> str:
+        return str(self.args[1]) if len(self.args) > 1 else ""
 
 
 class ExecutionError(SnakepitError):

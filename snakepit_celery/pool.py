@@ -88,7 +88,7 @@ class BridgePool(PoolLifecycle):
 
     # -- borrowing -------------------------------------------------------------
 
-    def _checkout(self, session_id: str | None) -> Slot:
+    def _checkout(self, session_id: str | None, on_begin: Callable[[], None] | None = None) -> Slot:
         wanted = None
         if session_id is not None:
             with self._lock:
@@ -100,6 +100,12 @@ class BridgePool(PoolLifecycle):
         slot, waited = self._queue.acquire(wanted)
         if waited:
             self.telemetry.queue_wait(pool=self.name, wait=waited)
+        if on_begin is not None:
+            try:
+                on_begin()
+            except BaseException:
+                self._release(slot, slot.bridge, counted=False)  # type: ignore[arg-type]
+                raise
         return slot
 
     def _release(
@@ -166,6 +172,7 @@ class BridgePool(PoolLifecycle):
         session_id: str | None = None,
         request_id: str | None = None,
         idempotent: bool = False,
+        on_begin: Callable[[], None] | None = None,
     ) -> Any:
         """Run ``command`` on a free bridge (or the session's) and return its result.
 
@@ -177,6 +184,9 @@ class BridgePool(PoolLifecycle):
             request_id: the caller's id (a Celery task id), for the bridge's logs.
             idempotent: a call whose bridge crashed is run once more on a fresh bridge
                 (one that never reached its bridge is, in any case).
+            on_begin: called once the call has a bridge, before the bridge sees it
+                (the task layer records there that the call began); what it raises
+                ends the call, the bridge given back unused.
 
         Raises:
             PoolSaturated, QueueTimeout, PoolClosed: no bridge was borrowed; never ran.
@@ -197,7 +207,8 @@ class BridgePool(PoolLifecycle):
             )
             attempts = Attempts(idempotent=idempotent)
             while True:
-                slot = self._checkout(session_id)
+                slot = self._checkout(session_id, on_begin)
+                on_begin = None  # a retry on another bridge is the same call
                 bridge: Bridge = slot.bridge  # type: ignore[assignment]
                 try:
                     if session_id is not None and session_id not in bridge.sessions:

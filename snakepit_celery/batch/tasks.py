@@ -30,6 +30,7 @@ from snakepit_celery.batch.progress import PROGRESS_INTERVAL, MapState, outcome_
 from snakepit_celery.batch.routing import BatchTask
 from snakepit_celery.batch.runner import BatchCall, runner_for
 from snakepit_celery.errors import ConfigurationError, InvalidArguments, SnakepitError
+from snakepit_celery.recovery import begin_now
 from snakepit_celery.sessions.task import session_turn
 from snakepit_celery.streaming.task import relay_client
 from snakepit_celery.tasks import PoolTask
@@ -128,6 +129,7 @@ def execute_batch(
         nullcontext(pool) if session_id is None else session_turn(self, session_id)
     )
     with turn as pool:
+        begin_now(self, idempotent=idempotent)  # a worker's death: see recovery
         target = current_host().pool(pool)
         batch = Batch(items, offset=offset, return_exceptions=return_exceptions)
         state = None

@@ -24,6 +24,7 @@ Three operations, each with a reason:
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -217,6 +218,56 @@ class BrokerOps:
         if found:
             log.info("restored %d unacked session message(s) of a dead owner", len(found))
         return counts
+
+    def restore_tags(self, tags: Iterable[str]) -> int:
+        """Put these delivered, unacknowledged messages back at the head of their
+        queues now (Redis only; the pool calls of a dead worker). Returns how many
+        were tried; one already acked or restored is skipped by kombu."""
+        if not self.is_redis:
+            return 0
+        channel = self.connection.default_channel
+        count = 0
+        for tag in tags:
+            channel.qos.restore_by_tag(tag, client=channel.client)
+            count += 1
+        return count
+
+    def stale_unacked(self, queue_prefix: str, before: float) -> list[tuple[str, str]]:
+        """``(task id, delivery tag)`` of the unacknowledged messages of the queues
+        named ``queue_prefix...`` delivered (or last refreshed) before ``before``
+        (a ``time.time()``), Redis only: what a worker may have held unrecorded."""
+        if not self.is_redis:
+            return []
+        channel = self.connection.default_channel
+        client = self._plain_client(channel)
+        prefix = channel.global_keyprefix or ""
+        tags = client.zrangebyscore(prefix + channel.unacked_index_key, 0, before)
+        found = []
+        for tag in tags:
+            raw = client.hget(prefix + channel.unacked_key, tag)
+            if raw is None:
+                continue  # acked meanwhile
+            try:
+                payload, _exchange, routing_key = loads(raw)
+                task_id = str(payload["headers"]["id"])
+            except (ValueError, TypeError, KeyError):
+                continue
+            if str(routing_key).startswith(queue_prefix):
+                found.append((task_id, tag.decode() if isinstance(tag, bytes) else str(tag)))
+        return found
+
+    def refresh_unacked(self, tags: list[str]) -> None:
+        """Mark these unacknowledged messages as delivered just now (Redis only),
+        so kombu's visibility timeout never hands a live worker's long wait or
+        long call to another worker; only a dead worker's messages age."""
+        if not tags or not self.is_redis:
+            return
+        channel = self.connection.default_channel
+        client = self._plain_client(channel)
+        now = time.time()
+        client.zadd(
+            (channel.global_keyprefix or "") + channel.unacked_index_key, dict.fromkeys(tags, now), xx=True
+        )
 
     def queued_ids(self, session_id: str) -> set[str]:
         """Task ids of the messages in the session's queue (Redis only)."""

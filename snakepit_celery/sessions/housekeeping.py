@@ -9,6 +9,10 @@ Every tick (a fraction of a second) the housekeeper of each worker:
   then hands each of its sessions to the least-loaded live worker, whose wake
   thread re-binds it; the new bridge is initialised from the stored session
   data on the session's next call (the pool's ``session_loader``);
+* recovers the pool calls a dead worker held (:mod:`snakepit_celery.recovery`):
+  puts its messages back in their queues (Redis broker), with any old
+  unacknowledged pool message that no live worker holds, and keeps the
+  messages this worker holds from kombu's visibility timeout;
 * adopts orphans: sessions no live worker of their pool could take;
 * releases consumers of idle sessions (Redis broker), and for a few seconds
   after, checks their queues for calls sent just as it released;
@@ -47,6 +51,9 @@ EXPIRY_DRAIN = 30.0
 #: Seconds after a consumer is cancelled before its queue counts as settled
 #: (a BRPOP sent before the cancel has answered by then: kombu's timeout is 1 s).
 SETTLE = 1.2
+#: Seconds between two scans for unacknowledged pool messages nobody holds
+#: (besides the scan at each takeover): covers holders that left no lease.
+UNHELD_SCAN_INTERVAL = 60.0
 
 
 class Housekeeper:
@@ -58,6 +65,7 @@ class Housekeeper:
         self._next_beat = 0.0
         self._next_expiry = 0.0
         self._idle: float | None = None
+        self._next_scan = time.monotonic() + UNHELD_SCAN_INTERVAL
 
     def run(self) -> None:
         m = self.m
@@ -85,6 +93,10 @@ class Housekeeper:
             self.beat()
             self.take_over_dead()
             self.adopt_orphans()
+            self.broker.refresh_unacked(self.m.ledger.held_tags())
+            if now >= self._next_scan:
+                self._next_scan = now + UNHELD_SCAN_INTERVAL
+                self.put_back_unheld()
         if self._idle:
             self.release_idle(now)
             self.check_released(now)
@@ -114,6 +126,7 @@ class Housekeeper:
             sessions = m.leases.claim(dead)
             if sessions is None:
                 continue  # another worker claimed it
+            self.recover_calls(dead)
             log.warning("snakepit: worker %s is gone; taking over its %d session(s)", dead, len(sessions))
             # Before anyone consumes these queues again, or a message would run twice.
             restored = self.broker.restore_unacked(sessions)
@@ -121,6 +134,28 @@ class Housekeeper:
                 if self.broker.is_redis:
                     self.recover_lost(session_id, restored.get(session_id, 0))
                 m.leases.adopt(session_id)
+
+    def recover_calls(self, dead: str) -> None:
+        """Hand the pool calls a dead worker held to the living (its claimer only)."""
+        tags = self.m.ledger.recover(dead)
+        restored = self.broker.restore_tags(tags)
+        restored += self.put_back_unheld()
+        if tags or restored:
+            log.warning(
+                "snakepit: worker %s held %d pool call(s); %d put back in their queues",
+                dead,
+                len(tags),
+                restored,
+            )
+
+    def put_back_unheld(self) -> int:
+        """Put back old unacknowledged pool messages that no live worker holds
+        (Redis broker): those of a worker that died before recording them."""
+        m = self.m
+        # Live holders refresh theirs every beat: older than half a lease is nobody's.
+        before = time.time() - m.settings.lease_ttl / 2
+        candidates = self.broker.stale_unacked(m.ledger.pool_queue_prefix, before)
+        return self.broker.restore_tags(m.ledger.unheld(candidates))
 
     def recover_lost(self, session_id: str, restored: int) -> None:
         """Republish journaled calls of a dead owner's session that are nowhere else."""

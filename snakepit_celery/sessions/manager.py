@@ -27,6 +27,7 @@ from celery.exceptions import Ignore, Reject
 from celery.states import READY_STATES
 from celery.worker import state as worker_state
 
+from snakepit_celery.recovery import CallLedger
 from snakepit_celery.sessions.calls import TASK_NAME, session_id_of
 from snakepit_celery.sessions.consumer import LocalSession, QueueSwitch
 from snakepit_celery.sessions.lease import LeaseTable
@@ -75,6 +76,8 @@ class SessionManager:
         self.worker_id = f"{hostname}#{secrets.token_hex(4)}"
         self.redis: Any = redis.Redis.from_url(redis_url)
         self.leases = LeaseTable(self.redis, prefix)
+        #: The pool calls this worker holds, for whoever survives it (same lease).
+        self.ledger = CallLedger(self.redis, prefix, self.worker_id, max_deliveries=settings.max_deliveries)
         self.store = SessionStore(self.redis, prefix=prefix, default_ttl=settings.session_ttl)
         self.lines = SessionLines()
         self.switch = QueueSwitch(prefix)
@@ -93,6 +96,7 @@ class SessionManager:
         from snakepit_celery.sessions.housekeeping import Housekeeper
 
         self.register()
+        self.ledger.start()
         keeper = Housekeeper(self)
         for name, target in (("wake", self._wake_loop), ("housekeeping", keeper.run)):
             thread = threading.Thread(target=target, name=f"snakepit-sessions-{name}", daemon=True)
@@ -109,6 +113,7 @@ class SessionManager:
         for thread in self._threads:
             thread.join(timeout=5)
         self._threads.clear()
+        self.ledger.stop()
         try:
             handed = self.leases.leave(self.worker_id)
             if handed:

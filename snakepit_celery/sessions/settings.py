@@ -42,6 +42,9 @@ DEFAULT_EXPIRY_GRACE = 2.0
 DEFAULT_EXPIRY_INTERVAL = 1.0
 #: Seconds a caller waits for a session that is being closed (expiring).
 DEFAULT_CLOSING_WAIT = 10.0
+#: Dead workers that may take a pool call before it is refused with
+#: ``WorkerLost``: a call that kills whatever runs it stops after that many.
+DEFAULT_MAX_DELIVERIES = 3
 
 _ENV = {
     "SNAKEPIT_SESSION_TTL": "session_ttl",
@@ -51,7 +54,9 @@ _ENV = {
     "SNAKEPIT_SESSION_EXPIRY_GRACE": "expiry_grace",
     "SNAKEPIT_SESSION_EXPIRY_INTERVAL": "expiry_interval",
     "SNAKEPIT_SESSION_CLOSING_WAIT": "closing_wait",
+    "SNAKEPIT_MAX_DELIVERIES": "max_deliveries",
 }
+_INTEGERS = ("session_ttl", "max_deliveries")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -73,6 +78,9 @@ class SessionSettings:
     expiry_interval: float = DEFAULT_EXPIRY_INTERVAL
     #: Seconds a caller waits for a closing session before giving up.
     closing_wait: float = DEFAULT_CLOSING_WAIT
+    #: Dead workers that may take a pool call before it is answered with ``WorkerLost``.
+    #: (The worker lease above also bounds how soon a dead worker's calls are recovered.)
+    max_deliveries: int = DEFAULT_MAX_DELIVERIES
 
     def __post_init__(self) -> None:
         for f in dataclasses.fields(self):
@@ -81,7 +89,7 @@ class SessionSettings:
                 continue
             if not isinstance(value, (int, float)) or value < 0:
                 raise ConfigurationError(f"sessions.{f.name}: {value!r} must be a number >= 0")
-        for name in ("session_ttl", "lease_ttl", "expiry_interval"):
+        for name in ("session_ttl", "lease_ttl", "expiry_interval", "max_deliveries"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(f"sessions.{name}: must be > 0")
 
@@ -106,7 +114,7 @@ class SessionSettings:
             if not raw:
                 continue
             try:
-                values[name] = int(raw) if name == "session_ttl" else float(raw)
+                values[name] = int(raw) if name in _INTEGERS else float(raw)
             except ValueError:
                 raise ConfigurationError(f"{var}: {raw!r} is not a number") from None
         return cls(**values)

@@ -29,6 +29,7 @@ from typing import Any
 from celery import bootsteps, signals
 
 from snakepit_celery.errors import ConfigurationError
+from snakepit_celery.recovery import POOL_TASKS, set_ledger
 from snakepit_celery.sessions.broker import return_delivered
 from snakepit_celery.sessions.calls import SESSION_TASKS, session_id_of
 from snakepit_celery.sessions.manager import SessionManager
@@ -41,6 +42,8 @@ log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _manager: SessionManager | None = None
+#: Whether the broker is Redis, whose delivery tags are unique and name a message.
+_redis_broker = False
 
 
 def current_manager() -> SessionManager:
@@ -78,16 +81,38 @@ def session_loader_for(app: Any) -> Callable[[str], dict[str, Any] | None] | Non
 
 def _on_received(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
     manager = _manager
-    if manager is None or request is None or request.name not in SESSION_TASKS:
+    if manager is None or request is None:
+        return
+    if request.name in POOL_TASKS:
+        _record_taken(manager, request)
+    if request.name not in SESSION_TASKS:
         return
     session_id = session_id_of(request.name, request.args, request.kwargs)
     if session_id is not None:
         manager.received(session_id, request.id, has_eta=bool(request.eta))
 
 
+def _record_taken(manager: SessionManager, request: Any) -> None:
+    """Note a pool message in the call ledger; on Redis with its delivery tag,
+    by which a survivor puts it back (RabbitMQ tags name nothing outside their channel)."""
+    info = request.delivery_info or {}
+    message = getattr(request, "message", None)
+    tag = str(message.delivery_tag) if _redis_broker and message is not None else ""
+    manager.ledger.received(request.id, str(info.get("routing_key") or ""), tag)
+
+
+def _on_postrun(sender: Any = None, task_id: str | None = None, **kwargs: Any) -> None:
+    # After the result is stored: a record of a finished call must outlive a lost ack.
+    manager = _manager
+    if manager is not None and task_id and getattr(sender, "name", None) in POOL_TASKS:
+        manager.ledger.finished(task_id)
+
+
 def _on_revoked(sender: Any = None, request: Any = None, **kwargs: Any) -> None:
     manager = _manager
     name = getattr(sender, "name", None)
+    if manager is not None and request is not None and name in POOL_TASKS and request.id:
+        manager.ledger.finished(request.id)
     if manager is None or request is None or name not in SESSION_TASKS:
         return
     session_id = session_id_of(name, getattr(request, "args", None), getattr(request, "kwargs", None))
@@ -129,7 +154,7 @@ class SessionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         self.manager: SessionManager | None = None
 
     def start(self, c: Any) -> None:
-        global _manager
+        global _manager, _redis_broker
         if self.manager is None:
             from snakepit_celery.api import config_for, resolve_redis_url
             from snakepit_celery.worker import current_host
@@ -151,8 +176,11 @@ class SessionStep(bootsteps.StartStopStep):  # type: ignore[misc]
             )
             signals.task_received.connect(_on_received, weak=False)
             signals.task_revoked.connect(_on_revoked, weak=False)
+            signals.task_postrun.connect(_on_postrun, weak=False)
             with _lock:
                 _manager = self.manager
+                _redis_broker = c.connection.transport.driver_type == "redis"
+            set_ledger(self.manager.ledger)
             self.manager.switch.attach(c)
             self.manager.start()
             log.info("snakepit: sessions of %s", self.manager.worker_id)
@@ -172,6 +200,7 @@ class SessionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         # The worker's steps have stopped (the task pool has finished its calls);
         # the lease goes only after the unrun messages are back in their queues.
         _return_prefetched(c)
+        set_ledger(None)
         manager.stop()
         with _lock:
             if _manager is manager:

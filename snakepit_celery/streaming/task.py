@@ -31,7 +31,8 @@ from celery.exceptions import Ignore
 from celery.worker import state as worker_state
 
 from snakepit_celery.api import config_for, resolve_redis_url
-from snakepit_celery.errors import SnakepitError, StreamError
+from snakepit_celery.errors import SnakepitError, StreamError, WorkerLost
+from snakepit_celery.recovery import begin_now
 from snakepit_celery.sessions.task import PoolOrSessionTask, session_turn
 from snakepit_celery.streaming.protocol import Outcome, StreamKeys, end_unstarted
 from snakepit_celery.streaming.relay import StreamRelay
@@ -84,6 +85,11 @@ def execute_stream(
             final chunk carrying the same error was relayed.
     """
     task_id = self.request.id
+    try:
+        begin_now(self)  # a worker's death: see recovery; before anything is relayed
+    except WorkerLost as exc:
+        _end_early(self.app, task_id, Outcome("error", 0, error=exc))  # readers of a fresh stream
+        raise
     try:
         # Revoked in the backend but unknown here: this worker started after the revoke.
         revoked_before = _backend_state(self) == states.REVOKED

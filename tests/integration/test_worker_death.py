@@ -39,9 +39,13 @@ BOUND = LEASE_TTL + 5.0
 @pytest.fixture(params=["redis", "amqp"])
 def pair(request: pytest.FixtureRequest, worker_factory: WorkerFactory) -> Iterator[tuple[Worker, Worker]]:
     """Two workers on one broker and one result backend, serving the same pool queue."""
-    a = worker_factory(GATED, broker=request.param, name="a", args=("--concurrency", "4"), env=ENV, wait=False)
+    a = worker_factory(
+        GATED, broker=request.param, name="a", args=("--concurrency", "4"), env=ENV, wait=False
+    )
     env_b = {**ENV, "IT_BACKEND": a.env["IT_BACKEND"]}
-    b = worker_factory(GATED, broker=a.broker, prefix=a.prefix, name="b", args=("--concurrency", "4"), env=env_b)
+    b = worker_factory(
+        GATED, broker=a.broker, prefix=a.prefix, name="b", args=("--concurrency", "4"), env=env_b
+    )
     a.process.wait_ready(a.app, a.hostname, timeout=60)
     yield a, b
 
@@ -105,7 +109,9 @@ def test_calls_of_a_killed_worker_run_once_elsewhere_or_answer_worker_lost(
     assert set(runs) == set(answers), runs  # nothing lost: every call ran (the lost ones on A)
 
 
-def test_idempotent_calls_of_a_killed_worker_run_again_once(pair: tuple[Worker, Worker], tmp_path: Path) -> None:
+def test_idempotent_calls_of_a_killed_worker_run_again_once(
+    pair: tuple[Worker, Worker], tmp_path: Path
+) -> None:
     a, b = pair
     seen = _kill_mid_calls(a, b, tmp_path, idempotent=True)
     answers, runs = seen["answers"], seen["runs"]

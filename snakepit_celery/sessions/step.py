@@ -163,7 +163,12 @@ class SessionStep(bootsteps.StartStopStep):  # type: ignore[misc]
             try:
                 redis_url = resolve_redis_url(c.app, config)
             except ConfigurationError as exc:
-                log.warning("snakepit: sessions are off in this worker: %s", exc)
+                log.warning(
+                    "snakepit: sessions are off in this worker, and so is the call ledger (a dead "
+                    "worker's calls are then redelivered as the broker does it, and one that had "
+                    "begun may run again): %s",
+                    exc,
+                )
                 return
             self.manager = SessionManager(
                 c.app,

@@ -7,7 +7,9 @@
     snakepit-celery status [--config FILE] [--broker URL] [--json] [--timeout S]
 
 A bad config is refused before anything starts, with the field named and
-exit status 2.
+exit status 2. ``status`` also lists the config's pools that no live worker
+hosts (a table row saying ``no live worker``, and ``"no_live_worker"`` in
+``--json``): calls to them wait in their queue until a worker hosting them starts.
 """
 
 from __future__ import annotations
@@ -76,11 +78,11 @@ def cmd_worker(ns: argparse.Namespace, celery_args: list[str]) -> int:
 def cmd_status(ns: argparse.Namespace) -> int:
     """Print every worker's pools; 1 when no worker answered."""
     from snakepit_celery.api import create_app
-    from snakepit_celery.stats import get_stats
 
-    app = create_app(_load_config(ns))
+    config = _load_config(ns)
+    app = create_app(config)
     try:
-        stats = get_stats(app, timeout=ns.timeout)
+        stats = status_of(app, config, timeout=ns.timeout)
     finally:
         app.close()
     if ns.json:
@@ -113,16 +115,30 @@ _COLUMNS = (
 )
 
 
+def status_of(app: Any, config: SnakepitConfig, *, timeout: float = 1.0) -> dict[str, Any]:
+    """:func:`~snakepit_celery.stats.get_stats` of ``app``, plus ``"no_live_worker"``: the
+    pools of ``config`` that no worker answering within ``timeout`` hosts, in config order."""
+    from snakepit_celery.stats import get_stats
+
+    stats = get_stats(app, timeout=timeout)
+    hosted = {name for node in stats["nodes"].values() for name in node.get("pools", {})}
+    stats["no_live_worker"] = [p.name for p in config.pools if p.name not in hosted]
+    return stats
+
+
 def _cell(value: Any) -> str:
     return ",".join(str(v) for v in value) if isinstance(value, list) else str(value)
 
 
 def format_status(stats: dict[str, Any]) -> str:
-    """The table ``status`` prints: one row per pool of each worker, then the totals."""
+    """The table ``status`` prints: one row per pool of each worker, a row per configured
+    pool that no live worker hosts (``no live worker``), then the totals."""
     rows: list[list[str]] = [["WORKER", *(h for h, _ in _COLUMNS)]]
     for hostname, node in stats["nodes"].items():
         for pool in node.get("pools", {}).values():
             rows.append([hostname, *(_cell(pool.get(key, "")) for _, key in _COLUMNS)])
+    for name in stats.get("no_live_worker", ()):
+        rows.append(["(no live worker)", name, *("" for _ in _COLUMNS[1:])])
     total = {h: _cell(stats[k]) for h, k in _COLUMNS if k in stats}
     rows.append([f"total ({len(stats['nodes'])} workers)", *(total.get(h, "") for h, _ in _COLUMNS)])
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

@@ -38,6 +38,7 @@ from celery.utils import uuid
 
 from snakepit_celery.api import app_or_current, config_for, get_stats, resolve_redis_url
 from snakepit_celery.errors import ConfigurationError, InvalidArguments
+from snakepit_celery.known_pools import check_pool
 from snakepit_celery.streaming.protocol import validate_task_id
 
 __all__ = [
@@ -168,6 +169,7 @@ def batch_map(
     Raises:
         InvalidArguments: a bad command, chunk size or progress id.
         ConfigurationError: ``progress`` was asked and there is no Redis for streams.
+        PoolNotFound: neither the config nor a live worker knows ``pool``.
 
     Example::
 
@@ -184,6 +186,7 @@ def batch_map(
     config = config_for(app)
     pool_name = pool or config.default_pool
     config.queue_name(pool_name)  # a pool name unfit for a queue fails here, naming it
+    check_pool(app, config, pool_name)  # and a typo here, before the workers are asked their sizes
     progress_id: str | None = None
     if progress:
         progress_id = f"map-{uuid()}" if progress is True else str(progress)

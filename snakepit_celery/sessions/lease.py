@@ -124,6 +124,19 @@ end
 return 1
 """
 
+# ARGV: prefix. Read-only: {worker, pools csv, ...} of every worker whose lease is live.
+_LIVE_POOLS = """
+local P = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', P .. ':workers', '(' .. now, '+inf')) do
+  out[#out + 1] = w
+  out[#out + 1] = redis.call('HGET', P .. ':worker:' .. w, 'pools') or ''
+end
+return out
+"""
+
 # ARGV: prefix, dead worker id, '1' when it leaves on purpose (skip the deadline check).
 # Returns the sessions it owned (now in state failover), or false.
 _CLAIM = (
@@ -270,6 +283,7 @@ class LeaseTable:
         self._expire_begin = reg(_EXPIRE_BEGIN)
         self._expire_abort = reg(_EXPIRE_ABORT)
         self._forget = reg(_FORGET)
+        self._live_pools = reg(_LIVE_POOLS)
 
     def key(self, *parts: str) -> str:
         """``<prefix>:part:part``."""
@@ -320,6 +334,20 @@ class LeaseTable:
         """Renew ``worker``'s lease; False when it was declared dead meanwhile."""
         args = [self.prefix, worker, lease_ms, ",".join(pools), "1" if first else "0"]
         return bool(self._heartbeat(args=args))
+
+    def live_pools(self) -> dict[str, list[str]]:
+        """The pools the live workers host (by Redis' clock): pool -> worker ids, in one round trip.
+
+        Callers read it to tell a pool some worker hosts from a typo
+        (:mod:`snakepit_celery.known_pools`).
+        """
+        reply = self._live_pools(args=[self.prefix])
+        hosted: dict[str, list[str]] = {}
+        for worker, pools in zip(reply[::2], reply[1::2], strict=True):
+            for pool in _text(pools).split(","):
+                if pool:
+                    hosted.setdefault(pool, []).append(_text(worker))
+        return hosted
 
     def dead_workers(self) -> list[str]:
         """Workers whose lease has lapsed (by Redis' clock)."""

@@ -107,11 +107,17 @@ class SessionRouter:
 
         Raises:
             InvalidSessionId, InvalidArguments: before anything is sent.
+            PoolNotFound: the call names a pool that neither the config nor a live worker knows.
             SessionError: the session is bound to another pool, or stayed closing.
         """
         from celery import Task
 
         session_id, args, named = parse_session_call(task.name, args, kwargs)
+        if named.get("pool"):  # a new session would wait for an owner that never comes
+            from snakepit_celery.api import config_for
+            from snakepit_celery.known_pools import check_pool
+
+            check_pool(self.app, config_for(self.app), named["pool"])
         queue = session_queue(self.prefix, session_id)
         for key in ("queue", "exchange", "routing_key", "declare"):
             options.pop(key, None)

@@ -123,6 +123,7 @@ def stream(
         reader.queue = session_queue_name(config.queue_prefix, session_id)
     else:
         reader.queue = config.queue_name(pool or config.default_pool)
+        reader.pool = pool or config.default_pool  # a pool no live worker hosts ends the reader in seconds
     client.ping()  # Redis must be reachable before a task is sent that nobody could read
     app.tasks["snakepit.execute_stream"].apply_async(
         (command, args), {"pool": pool, "session_id": session_id, "timeout": timeout}, task_id=task_id

@@ -26,7 +26,13 @@ from celery import Celery
 
 from snakepit_celery.api import app_or_current
 from snakepit_celery.errors import CommandCancelled, SnakepitError, StreamError
-from snakepit_celery.streaming.pending import DEFAULT_START_TIMEOUT, NoBackend, not_started, task_outcome
+from snakepit_celery.streaming.pending import (
+    DEFAULT_START_TIMEOUT,
+    HostWatch,
+    NoBackend,
+    not_started,
+    task_outcome,
+)
 from snakepit_celery.streaming.protocol import (
     ACK_TTL,
     DEFAULT_BUFFER_CHUNKS,
@@ -117,6 +123,11 @@ class Stream:
         self.app = app
         #: The Celery queue the task was sent to, when known (named by the start timeout's error).
         self.queue: str | None = None
+        #: The pool the task was sent to, when known: while the stream has not started, a
+        #: reader with a ``start_timeout`` gives up once no live worker hosts it (see ``pending``).
+        self.pool: str | None = None
+        self._prefix = prefix
+        self._host_watch: HostWatch | None = None
         self.cancel_wait = cancel_wait
         self.skip_missed = skip_missed
         self.block = block
@@ -363,6 +374,8 @@ class Stream:
         elif verdict is not None:
             self._end_unstarted(verdict)
             return
+        elif self._unhosted():
+            return
         elif self.start_timeout is not None and time.monotonic() - self._opened_at > self.start_timeout:
             self._give_up()
             return
@@ -393,6 +406,20 @@ class Stream:
             with contextlib.suppress(redis.RedisError):
                 self._request_cancel(verdict.reason)
         self._ready.append((_FINAL, self._fetched, verdict))
+
+    def _unhosted(self) -> bool:
+        """True once the stream has failed because no live worker hosts its pool."""
+        if self.pool is None or self.start_timeout is None:
+            return False
+        if self._host_watch is None:
+            self._host_watch = HostWatch(self.client, self._prefix, self.pool)
+        error = self._host_watch.check(self.task_id)
+        if error is None:
+            return False
+        with contextlib.suppress(redis.RedisError):
+            self._request_cancel(f"the reader gave up: no live worker hosts pool {self.pool!r}")
+        self._ready.append((_FAIL, self._fetched, error))
+        return True
 
     def _give_up(self) -> None:
         waited = time.monotonic() - self._opened_at

@@ -22,30 +22,57 @@ on a Redis backend):
 * ``SUCCESS`` without any entry: the worker wrote the stream somewhere the
   reader does not look (another Redis or prefix), or it expired.
 
+A message routed to a pool that no live worker hosts stays ``PENDING``
+forever (a pool unknown to the caller's config and to every live worker is
+refused when sending, :mod:`snakepit_celery.known_pools`; a configured one is
+sent, since a worker may be starting). So while the stream has not started,
+the reader also asks the live workers' registry (the session leases in Redis,
+:meth:`~snakepit_celery.sessions.lease.LeaseTable.live_pools`, one Lua call
+per check, about once a second) whether any live worker hosts its pool. Once
+it has seen none in every check for :data:`NO_WORKER_GRACE` seconds (5 s; a
+live worker's lease, 7 s, is renewed every ``lease_ttl / 4``, so it never lapses
+while the worker runs), it ends with a :class:`StreamError` saying that no live
+worker hosts the pool. A worker that hosts it but is busy (the task waits in
+its queue, or for a thread) is alive and renews its lease: that stream keeps
+waiting, up to ``start_timeout``. With ``start_timeout=None`` the reader waits
+for a worker as long as it takes.
+
 A revoke sent while *no* worker runs reaches nobody (Celery keeps revokes in
-the workers' memory only), and a message routed to a queue no worker consumes
-(a pool no worker hosts) stays ``PENDING`` forever: for those the reader gives
-up after ``start_timeout`` (:data:`DEFAULT_START_TIMEOUT`) with a
-:class:`StreamError` naming the queue, and leaves a cancel request so the
-stream never runs without its reader.
+the workers' memory only), and a message behind a long backlog, or read by no
+worker while the registry cannot tell (``Stream.follow`` knows no pool), stays
+``PENDING``: for those the reader gives up after ``start_timeout``
+(:data:`DEFAULT_START_TIMEOUT`) with a :class:`StreamError` naming the queue,
+and leaves a cancel request so the stream never runs without its reader.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 
+import redis
 from celery import Celery, states
 
 from snakepit_celery.errors import SnakepitError, StreamError
 from snakepit_celery.streaming.protocol import Outcome
 
-__all__ = ["DEFAULT_START_TIMEOUT", "NoBackend", "not_started", "task_outcome"]
+__all__ = [
+    "DEFAULT_START_TIMEOUT",
+    "NO_WORKER_GRACE",
+    "HostWatch",
+    "NoBackend",
+    "not_started",
+    "task_outcome",
+]
 
 logger = logging.getLogger(__name__)
 
 #: Seconds a reader waits for a stream's relay to start before :class:`StreamError`
 #: (the task sits in a queue no worker consumes, or behind a long backlog).
 DEFAULT_START_TIMEOUT = 300.0
+#: Seconds an unstarted stream's reader must find no live worker hosting its pool,
+#: check after check, before it gives up with :class:`StreamError`.
+NO_WORKER_GRACE = 5.0
 
 
 class NoBackend(Exception):
@@ -104,3 +131,45 @@ def not_started(task_id: str, waited: float, queue: str | None) -> StreamError:
         "(is a worker up that hosts this pool? a long backlog?); it was cancelled. "
         "Pass start_timeout=None to wait longer"
     )
+
+
+class HostWatch:
+    """Whether any live worker hosts a stream's pool, asked while the stream has not started.
+
+    Args:
+        client: the streams' Redis (the live workers' registry is in it too).
+        prefix: the queue prefix.
+        pool: the pool the task was sent to.
+        grace: seconds of "no live worker" seen in every check before :meth:`check` fails.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str, pool: str, grace: float = NO_WORKER_GRACE) -> None:
+        from snakepit_celery.sessions.lease import LeaseTable  # NOTE: sessions import the tasks
+
+        self.leases = LeaseTable(client, prefix)
+        self.pool = pool
+        self.grace = grace
+        #: Monotonic time since which every check found no live worker hosting the pool.
+        self.unhosted_since: float | None = None
+
+    def check(self, task_id: str) -> StreamError | None:
+        """One look at the registry: the error once the pool has had no live worker for ``grace`` s.
+
+        Raises:
+            redis.RedisError: the registry cannot be read (the reader's own Redis handling applies).
+        """
+        hosted = self.leases.live_pools()
+        now = time.monotonic()
+        if self.pool in hosted:
+            self.unhosted_since = None
+            return None
+        if self.unhosted_since is None:
+            self.unhosted_since = now
+        if now - self.unhosted_since < self.grace:
+            return None
+        others = ", ".join(sorted(hosted)) or "none"
+        return StreamError(
+            f"stream {task_id}: no live worker hosts pool {self.pool!r} (none for {self.grace:.0f}s; "
+            f"pools of the live workers: {others}); it was cancelled. Start a worker that hosts "
+            f"{self.pool!r}, or pass start_timeout=None to wait for one"
+        )

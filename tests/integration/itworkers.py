@@ -71,6 +71,15 @@ class Worker:
                 return dict(reply[self.hostname])
         raise AssertionError(f"{self.hostname} did not answer snakepit_stats:\n{self.process.log()[-2000:]}")
 
+    def caller_app(self, pools: list[str]) -> Celery:
+        """A caller-side app of this worker group whose own config names ``pools`` (not the
+        worker's): the caller of a worker-only pool, or of a configured pool nobody hosts.
+        The test closes it."""
+        from snakepit_celery.config import PoolConfig
+
+        config = SnakepitConfig(pools=tuple(PoolConfig(name=n) for n in pools), queue_prefix=self.prefix)
+        return make_app(broker=self.broker, backend=self.env["IT_BACKEND"], prefix=self.prefix, config=config)
+
     def bridge_pids(self) -> list[int]:
         return [
             int(b["pid"])

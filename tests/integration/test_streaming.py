@@ -146,17 +146,25 @@ def test_memory_stays_flat_over_a_long_stream(worker: Worker) -> None:
 # -- streams whose relay never runs (or waits): the reader must still end -----------------------------
 
 
-def test_a_stream_no_worker_takes_ends_after_start_timeout(worker: Worker) -> None:
-    # No worker hosts a pool "gpu": its queue has no consumer; the task stays PENDING.
-    s = stream("ping_stream", {"count": 3}, pool="gpu", start_timeout=1.0, app=worker.app)
+@pytest.fixture
+def gpu_caller(worker: Worker) -> Any:
+    """A caller whose config has a pool "gpu" that no worker hosts (sending to it is no error)."""
+    app = worker.caller_app(["python", "gpu"])
+    yield app
+    app.close()
+
+
+def test_a_stream_no_worker_takes_ends_after_start_timeout(worker: Worker, gpu_caller: Any) -> None:
+    # No worker hosts the pool "gpu": its queue has no consumer; the task stays PENDING.
+    s = stream("ping_stream", {"count": 3}, pool="gpu", start_timeout=1.0, app=gpu_caller)
     with pytest.raises(StreamError, match=rf"not started within .*'{worker.prefix}\.pool\.gpu'"), s:
         list(s)
 
 
-def test_a_stream_revoked_in_the_broker_ends_promptly(worker: Worker) -> None:
+def test_a_stream_revoked_in_the_broker_ends_promptly(worker: Worker, gpu_caller: Any) -> None:
     # Sits in a queue nobody consumes; the live worker hears the revoke and marks it REVOKED.
-    s = stream("ping_stream", {"count": 3}, pool="gpu", app=worker.app)
-    worker.app.control.revoke(s.task_id)
+    s = stream("ping_stream", {"count": 3}, pool="gpu", app=gpu_caller)
+    gpu_caller.control.revoke(s.task_id)
     started = time.monotonic()
     with pytest.raises(CommandCancelled, match="revoked"), s:
         list(s)

@@ -49,8 +49,10 @@ def test_sigterm_finishes_running_calls_first(worker_factory: WorkerFactory) -> 
 
 def test_a_worker_never_receives_another_pools_work(worker_factory: WorkerFactory) -> None:
     alpha = worker_factory({"alpha": {"size": 1}}, name="alpha")
-    # Same broker and prefix: the beta worker is the only one consuming beta's queue.
-    beta_work = alpha.execute.delay("ping", {}, pool="beta")
+    # Same broker and prefix: the beta worker is the only one consuming beta's queue. The
+    # caller's config names beta: no worker hosts it yet, and that is no error when sending.
+    caller = alpha.caller_app(["alpha", "beta"])
+    beta_work = caller.tasks["snakepit.execute"].delay("ping", {}, pool="beta")
     alpha_work = alpha.execute.delay("ping", {}, pool="alpha")
     assert alpha_work.get(timeout=10)["pid"] in alpha.bridge_pids()
     # alpha has consumed what was sent after beta's message; beta's is still waiting in its queue.
@@ -61,6 +63,7 @@ def test_a_worker_never_receives_another_pools_work(worker_factory: WorkerFactor
     assert beta_work.get(timeout=20)["pid"] in beta.bridge_pids()
     assert client.llen(alpha.config.queue_name("beta")) == 0
     client.close()
+    caller.close()
 
 
 def test_prefork_is_refused_with_what_to_use_instead(worker_factory: WorkerFactory) -> None:

@@ -10,7 +10,7 @@
     │   ├── PoolSaturated           the checkout queue is full (immediate)
     │   ├── QueueTimeout            no bridge came free in time (never runs later)
     │   ├── PoolClosed              the pool is shutting down
-    │   ├── PoolNotFound            no pool of that name on this worker
+    │   ├── PoolNotFound            no such pool: refused when sending, or on the worker
     │   └── WorkerLost              the worker running the call died; names it
     ├── ExecutionError              the command itself failed
     │   ├── CommandError            it raised; carries remote type and traceback
@@ -104,7 +104,9 @@ class PoolClosed(InfrastructureError):
 
 
 class PoolNotFound(InfrastructureError):
-    """This worker hosts no pool of that name."""
+    """No pool of that name: neither the caller's config nor a live worker has it
+    (raised when sending, naming the pools there are and the closest), or the
+    worker that received the call does not host it."""
 
 
 class WorkerLost(InfrastructureError):

@@ -18,7 +18,8 @@ RabbitMQ under a unique prefix, whose queues are deleted afterwards):
 Columns: *done* callers got a result; *errors* by class; *stranded* callers had no
 answer by the bound (a caller whose own ``get`` timeout fired is answered, by
 ``TimeoutError``, unless its ``get`` overran the timeout); *duplicated* calls ran
-more than once; *lost* never ran and their caller got no error; *last answer*
+more than once; *lost* never ran and their caller got no error; *out of order*
+(session calls only) ran after a call sent later; *last answer*
 is the time from the (first) fault to the last caller's answer.
 
     .venv/bin/python benchmarks/faults.py [--bound 60] [--only a,b] [--skip-amqp]
@@ -104,12 +105,13 @@ def main() -> int:
                         str(tally.stranded),
                         str(tally.duplicated),
                         str(tally.lost),
+                        str(tally.facts.get("out_of_order", "-")),
                         tally.last_answer_text(),
                     )
                 )
             except Exception as exc:
                 traceback.print_exc()
-                table.append((f"{key}. ({broker}) did not run: {type(exc).__name__}", *["?"] * 7))
+                table.append((f"{key}. ({broker}) did not run: {type(exc).__name__}", *["?"] * 8))
             finally:
                 try:
                     factory.close()
@@ -120,7 +122,8 @@ def main() -> int:
         f"Fault scenarios (issue 14): lease TTL {scenarios.LEASE_TTL:.0f} s, callers of a killed worker "
         f"wait up to {ns.bound:.0f} s; {time.monotonic() - started:.0f} s in all"
     )
-    header = ("scenario", "calls", "done", "errors by class", "stranded", "duplicated", "lost", "last answer")
+    header = ("scenario", "calls", "done", "errors by class", "stranded", "duplicated", "lost")
+    header += ("out of order", "last answer")
     table.insert(0, header)
     widths = [max(len(r[i]) for r in table) for i in range(len(header))]
     for row in table:

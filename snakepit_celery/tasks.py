@@ -21,7 +21,9 @@ from typing import Any
 from celery import Task, shared_task
 
 from snakepit_celery.api import config_for
-from snakepit_celery.errors import ExecutionError
+from snakepit_celery.errors import ExecutionError, WorkerLost
+from snakepit_celery.known_pools import check_chain, check_pool
+from snakepit_celery.recovery import begin_hook
 from snakepit_celery.worker import current_host
 
 __all__ = ["PoolTask", "execute"]
@@ -36,11 +38,18 @@ class PoolTask(Task):  # type: ignore[misc]
     Every way of sending goes through :meth:`apply_async` (``delay``, signatures
     in groups, chains and chords, and the worker sending a chain's next step),
     so routing here covers all of them. A queue, exchange or routing key the
-    caller set explicitly is left alone.
+    caller set explicitly is left alone. A pool that neither the caller's config
+    nor a live worker knows is refused here with ``PoolNotFound``
+    (:mod:`snakepit_celery.known_pools`).
     """
 
     #: Errors of the command itself are expected outcomes: logged without a traceback.
-    throws = (ExecutionError,)
+    throws = (ExecutionError, WorkerLost)
+    #: Acknowledged once answered, so a worker's death leaves the message for a
+    #: survivor, which then tells a call that began from one that did not (see
+    #: :mod:`snakepit_celery.recovery`); with Celery's early ack a call running on
+    #: a killed worker would be gone without an answer.
+    acks_late = True
 
     def apply_async(
         self,
@@ -59,6 +68,9 @@ class PoolTask(Task):  # type: ignore[misc]
             pool = kwargs.get("pool") or config.default_pool
             kwargs["pool"] = pool
             options["queue"] = config.queue_name(pool)
+            check_pool(self.app, config, pool)  # a typo fails here, not after the caller's timeout
+        if options.get("chain"):  # and in a later step of a chain, before its first step is sent
+            check_chain(self.app, config_for(self.app), options["chain"])
         return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
 
 
@@ -81,7 +93,9 @@ def execute(
         timeout: hard limit in seconds; past it the bridge is killed and the call
             fails with ``CommandTimeout``. None: the command's or pool's limit.
         idempotent: the call may run twice, so a call whose bridge crashed is
-            rerun once on a fresh bridge instead of failing with ``BridgeCrashed``.
+            rerun once on a fresh bridge instead of failing with ``BridgeCrashed``,
+            and a call whose worker died while running it is rerun once on
+            another worker instead of failing with ``WorkerLost``.
 
     Returns:
         The command's result, as the bridge returned it (types kept exactly).
@@ -90,6 +104,7 @@ def execute(
         ExecutionError: the command failed (``CommandError``, ``UnknownCommand``,
             ``InvalidArguments``, ``CommandTimeout``); arrives at the caller as is.
         InfrastructureError: the pool or a bridge failed; ``retryable`` is True.
+            ``WorkerLost``: the worker running the call died.
 
     Example::
 
@@ -98,5 +113,12 @@ def execute(
     return (
         current_host()
         .pool(pool)
-        .execute(command, args, timeout=timeout, request_id=self.request.id, idempotent=idempotent)
+        .execute(
+            command,
+            args,
+            timeout=timeout,
+            request_id=self.request.id,
+            idempotent=idempotent,
+            on_begin=begin_hook(self, idempotent=idempotent),  # a worker's death: see recovery
+        )
     )

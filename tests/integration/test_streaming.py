@@ -146,7 +146,7 @@ def test_memory_stays_flat_over_a_long_stream(worker: Worker) -> None:
 # -- streams whose relay never runs (or waits): the reader must still end -----------------------------
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def gpu_caller(worker: Worker) -> Any:
     """A caller whose config has a pool "gpu" that no worker hosts (sending to it is no error)."""
     app = worker.caller_app(["python", "gpu"])

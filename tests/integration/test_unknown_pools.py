@@ -38,6 +38,7 @@ from snakepit_celery import (
 from snakepit_celery.api import config_for, create_app
 from snakepit_celery.cli import format_status, status_of
 from snakepit_celery.embedded import EmbeddedRedis
+from snakepit_celery.known_pools import HIT_TTL
 from snakepit_celery.sessions.lease import LeaseTable
 from snakepit_celery.streaming.pending import NO_WORKER_GRACE
 from snakepit_celery.workerproc import WorkerProcess
@@ -56,10 +57,26 @@ def worker(request: pytest.FixtureRequest, module_worker_factory: WorkerFactory)
 
 def registry(app: Celery, prefix: str) -> dict[str, list[str]]:
     """The live workers' pools, read straight from the lease registry (no cache)."""
-    return LeaseTable(redis.Redis.from_url(resolve_redis_url(app)), prefix).live_pools()
+    client = redis.Redis.from_url(resolve_redis_url(app))
+    try:
+        return LeaseTable(client, prefix).live_pools()
+    finally:
+        client.close()
 
 
-@pytest.fixture
+def close_app(app: Celery) -> None:
+    """Close the app and its result backend's Redis connections (``app.close()`` leaves those)."""
+    app.close()
+    backend = app.backend
+    consumer = getattr(backend, "result_consumer", None)
+    if consumer is not None and hasattr(consumer, "stop"):
+        consumer.stop()
+    client = backend.__dict__.get("client")
+    if client is not None:
+        client.connection_pool.disconnect()
+
+
+@pytest.fixture(scope="module")
 def caller(worker: Worker) -> Iterator[Celery]:
     app = worker.caller_app(CALLER_POOLS)
     deadline = time.monotonic() + 20
@@ -69,7 +86,7 @@ def caller(worker: Worker) -> Iterator[Celery]:
     try:
         yield app
     finally:
-        app.close()
+        close_app(app)
 
 
 def _execute(app: Celery) -> Any:
@@ -120,6 +137,29 @@ def test_a_pool_only_a_live_worker_hosts_is_sent_to_it(caller: Celery, worker: W
     assert _execute(caller).delay("ping", {}, pool="gpu").get(timeout=10)["pid"] in gpu_pids
     with pytest.raises(PoolNotFound, match=r"no pool named 'gpu2': did you mean 'gpu'\?"):
         _execute(caller).delay("ping", {}, pool="gpu2")
+
+
+def test_a_worker_only_pool_is_refused_once_its_worker_has_left(worker_factory: WorkerFactory) -> None:
+    gpu = worker_factory({"gpu": {"size": 1}}, name="gpu")
+    caller = gpu.caller_app(["python"])
+    try:
+        deadline = time.monotonic() + 20
+        while "gpu" not in registry(caller, gpu.prefix):
+            assert time.monotonic() < deadline, "the worker never registered its pools"
+            time.sleep(0.05)
+        assert _execute(caller).delay("ping", {}, pool="gpu").get(timeout=10)["pid"] in gpu.bridge_pids()
+        assert gpu.process.stop() == 0  # a clean stop leaves its lease at once
+        deadline = time.monotonic() + HIT_TTL + 5  # what the caller knew may be reused HIT_TTL s
+        while True:
+            try:
+                _execute(caller).delay("ping", {}, pool="gpu").forget()
+            except PoolNotFound as exc:
+                assert str(exc) == "no pool named 'gpu': pools there are: python (config, no live worker)"
+                break
+            assert time.monotonic() < deadline, "a pool whose only worker left is still accepted"
+            time.sleep(0.1)
+    finally:
+        close_app(caller)
 
 
 def test_a_stream_to_a_configured_pool_no_worker_hosts_fails_within_seconds(

@@ -78,3 +78,13 @@ def test_every_way_of_sending_refuses_the_typo_before_publishing(app_without_red
     execute.apply_async(("ping", {}), kwargs={"pool": "pyhton"}, queue="mine")
     # A configured pool is sent (to the memory broker) as before.
     assert execute.delay("ping", {}, pool="node").id
+
+
+def test_a_redis_that_does_not_answer_refuses_the_send_saying_why() -> None:
+    # Nothing listens on port 1: the registry cannot be read, so nothing proves the pool exists.
+    app = Celery("pools-test", broker="memory://", backend="redis://127.0.0.1:1/0", set_as_current=False)
+    config = SnakepitConfig(pools=(PoolConfig(name="python"),))
+    install(app, config)
+    check_pool(app, config, "python")  # configured: Redis is never asked
+    with pytest.raises(PoolNotFound, match=r"'gpu'.*could not be read from Redis: ConnectionError"):
+        check_pool(app, config, "gpu")

@@ -23,13 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 from celery.result import AsyncResult
 from itworkers import Worker, WorkerFactory, wait_for
 
 from snakepit_celery import WorkerLost, batch_map
 from snakepit_celery.batch import pool_capacity
+from tests.handlers import pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {
@@ -83,13 +83,6 @@ def test_10000_items_across_two_workers_use_both_and_keep_order(pair: tuple[Work
     assert sum(ran) == 10_000 and min(ran) > 0, ran
 
 
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _kill_a_mid_map(a: Worker, b: Worker, tmp_path: Path, *, idempotent: bool) -> tuple[Any, Path]:
     gate, log = tmp_path / "gate", tmp_path / "executions.log"
     log.touch()
@@ -103,7 +96,7 @@ def _kill_a_mid_map(a: Worker, b: Worker, tmp_path: Path, *, idempotent: bool) -
     assert a.process.wait(10) is not None
     # A bridge notices its worker's death on its own (a pidfd watch); open the gate
     # only once A's bridges are gone, so that "A's items" means what A had in flight.
-    wait_for(lambda: not any(_running(pid) for pid in a_bridges), 15, "A's bridges to end")
+    wait_for(lambda: not any(pid_alive(pid) for pid in a_bridges), 15, "A's bridges to end")
     gate.touch()
     return result, log
 

@@ -19,11 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import celery.exceptions
-import psutil
 import pytest
 from itworkers import Worker, WorkerFactory, wait_for
 
 from snakepit_celery import WorkerLost
+from tests.handlers import pid_alive
 
 REPO = Path(__file__).resolve().parents[2]
 LEASE_TTL = 3.0
@@ -50,13 +50,6 @@ def pair(request: pytest.FixtureRequest, worker_factory: WorkerFactory) -> Itera
     yield a, b
 
 
-def _running(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _kill_mid_calls(a: Worker, b: Worker, tmp_path: Path, *, idempotent: bool) -> dict[str, Any]:
     gate, log = tmp_path / "gate", tmp_path / "executions.log"
     log.touch()
@@ -74,7 +67,7 @@ def _kill_mid_calls(a: Worker, b: Worker, tmp_path: Path, *, idempotent: bool) -
     killed = time.monotonic()
     assert a.process.wait(10) is not None
     # Open the gate only once A's bridges are gone, so that A's calls cannot finish there.
-    wait_for(lambda: not any(_running(pid) for pid in a_bridges), 15, "A's bridges to end")
+    wait_for(lambda: not any(pid_alive(pid) for pid in a_bridges), 15, "A's bridges to end")
     gate.touch()
     answers: dict[str, Any] = {}
     for token, result in sent.items():

@@ -148,6 +148,10 @@ class CallLedger:
         self._unheld = client.register_script(_UNHELD)
         #: Task id -> delivery tag of the pool messages held here ('' on RabbitMQ).
         self._held: dict[str, str] = {}
+        #: Task id -> copies of its message received here and not yet finished: a
+        #: message redelivered to its own holder (RabbitMQ after a reconnection) stays
+        #: held, and checked, until the last copy is over.
+        self._copies: dict[str, int] = {}
         #: Task ids of the held calls whose record says they began here.
         self._begun: set[str] = set()
         self._lock = threading.Lock()
@@ -182,6 +186,7 @@ class CallLedger:
             log.debug("snakepit: call ledger: last flush failed: %s", exc)
         with self._lock:
             self._held.clear()
+            self._copies.clear()
             self._begun.clear()
             self._pending.clear()
         try:
@@ -197,6 +202,7 @@ class CallLedger:
             return
         with self._lock:
             self._held[task_id] = tag
+            self._copies[task_id] = self._copies.get(task_id, 0) + 1
             self._pending.append(("add", task_id, tag))
         self._wake.set()
 
@@ -241,6 +247,11 @@ class CallLedger:
     def finished(self, task_id: str) -> None:
         """A held call is over (ran, failed, was refused or revoked); written behind."""
         with self._lock:
+            copies = self._copies.get(task_id, 0) - 1
+            if copies > 0:
+                self._copies[task_id] = copies
+                return
+            self._copies.pop(task_id, None)
             if self._held.pop(task_id, None) is None:
                 return
             began = task_id in self._begun

@@ -114,3 +114,17 @@ def test_stop_forgets_what_the_worker_held(client: redis.Redis) -> None:
     a.stop()
     assert not client.exists(f"{P}:taken:a")
     assert a.holds("t1") is None
+
+
+def test_a_copy_redelivered_to_its_holder_stays_held_until_the_last_copy_ends(
+    client: redis.Redis,
+) -> None:
+    a = ledger(client, "a")
+    a.received("t1", f"{P}.pool.python", "")
+    assert a.begin("t1", "", idempotent=False)[0] == "ok"
+    a.received("t1", f"{P}.pool.python", "")  # RabbitMQ: the same message again, after a reconnection
+    a.finished("t1")  # the first copy ran
+    assert a.holds("t1") == ""  # so the second is still checked: it must not run again
+    assert a.begin("t1", "", idempotent=False) == ("mine", "a")
+    a.finished("t1")
+    assert a.holds("t1") is None

@@ -23,7 +23,7 @@ declared dead finds its old messages marked restored and leaves them to the
 copies the survivor put back.
 """
 
-from snakepit_celery.recovery.guard import begin_hook, begin_now, current_ledger, set_ledger
+from snakepit_celery.recovery.guard import begin_hook, begin_now, set_ledger
 from snakepit_celery.recovery.ledger import POOL_TASKS, CallLedger
 
-__all__ = ["POOL_TASKS", "CallLedger", "begin_hook", "begin_now", "current_ledger", "set_ledger"]
+__all__ = ["POOL_TASKS", "CallLedger", "begin_hook", "begin_now", "set_ledger"]

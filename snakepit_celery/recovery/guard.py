@@ -19,7 +19,7 @@ from celery.states import READY_STATES
 from snakepit_celery.errors import WorkerLost
 from snakepit_celery.recovery.ledger import CallLedger
 
-__all__ = ["begin_hook", "begin_now", "current_ledger", "set_ledger"]
+__all__ = ["begin_hook", "begin_now", "set_ledger"]
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +27,8 @@ _lock = threading.Lock()
 _ledger: CallLedger | None = None
 
 
-def current_ledger() -> CallLedger | None:
-    """This worker's call ledger; None outside a worker or without a snakepit Redis."""
-    return _ledger
-
-
 def set_ledger(ledger: CallLedger | None) -> None:
+    """Make ``ledger`` the one the pool tasks of this process check (the session step's)."""
     global _ledger
     with _lock:
         _ledger = ledger

@@ -242,9 +242,10 @@ class BrokerOps:
         client = self._plain_client(channel)
         prefix = channel.global_keyprefix or ""
         tags = client.zrangebyscore(prefix + channel.unacked_index_key, 0, before)
+        if not tags:
+            return []
         found = []
-        for tag in tags:
-            raw = client.hget(prefix + channel.unacked_key, tag)
+        for tag, raw in zip(tags, client.hmget(prefix + channel.unacked_key, tags), strict=True):
             if raw is None:
                 continue  # acked meanwhile
             try:

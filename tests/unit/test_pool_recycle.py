@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -33,7 +34,7 @@ def test_max_requests_recycles_after_exactly_n_calls(make_pool: PoolFactory) -> 
 def test_recycling_under_load_fails_no_queued_call(make_pool: PoolFactory) -> None:
     pool = make_pool(size=2, max_requests=4, queue_timeout=60.0)
     errors: list[BaseException] = []
-    seen: set[int] = set()
+    served: collections.Counter[int] = collections.Counter()  # calls per bridge pid
     lock = threading.Lock()
 
     def caller() -> None:
@@ -41,7 +42,7 @@ def test_recycling_under_load_fails_no_queued_call(make_pool: PoolFactory) -> No
             try:
                 pid = pool.execute("ping")["pid"]
                 with lock:
-                    seen.add(pid)
+                    served[pid] += 1
             except BaseException as exc:
                 errors.append(exc)
 
@@ -53,7 +54,11 @@ def test_recycling_under_load_fails_no_queued_call(make_pool: PoolFactory) -> No
     assert errors == []
     stats = pool.stats()
     assert stats["requests"] == 80 and stats["errors"] == 0
-    assert stats["restarts"] == 20 and len(seen) == 20  # 80 calls / 4 per bridge
+    assert stats["restarts"] == 20
+    # Every bridge served exactly 4 calls (80 / 4 = 20 bridges). Counted per pid, a pid
+    # the kernel reused for a later bridge (pid_max wraps on a busy machine) serves 8.
+    assert all(n % 4 == 0 for n in served.values()), served
+    assert sum(n // 4 for n in served.values()) == 20, served
 
 
 def test_memory_ceiling_recycles_between_calls(make_pool: PoolFactory) -> None:

@@ -18,13 +18,23 @@ Keys (``<p>`` is the queue prefix; the sessions Redis must not be a cluster)::
     <p>:wake:<w>         list  "bind <sid>" / "wake <sid>" for worker w
     <p>:orphans:<pool>   set   sessions waiting for an owner
     <p>:route:<sid>      hash  {owner, pool, active, state, routed_at, failover_at, seq}
-    <p>:calls:<sid>      hash  task id -> "seq|ms|call JSON" (Redis broker: calls not yet begun)
+    <p>:calls:<sid>      hash  task id -> "seq|ms|call JSON": calls not yet begun
+    <p>:order:<sid>      zset  task id -> seq of the calls above that keep their place (RabbitMQ)
 
 The journal (``calls``) covers a hole in kombu's Redis transport: BRPOP takes a
 message off its list before the worker records it as unacknowledged, so a
 message in flight when its worker dies is gone. The worker that claims a dead
 owner republishes the journaled calls found neither in the queue nor among the
 restored unacked messages (see :mod:`snakepit_celery.sessions.broker`).
+
+On RabbitMQ the journal keeps the send order instead: a frozen owner's
+connection stays open, so the calls it had prefetched stay unacknowledged to
+it while the worker that took the session over receives the later ones. A call
+whose session still has an earlier call journaled (not begun, sent less than
+``order_wait`` ago, not scheduled with an ETA) does not begin: its owner gives
+it back to the queue and pauses, until the earlier call is back (see
+:meth:`SessionManager.turn <snakepit_celery.sessions.manager.SessionManager.turn>`).
+
 An entry leaves the journal when its call begins on the owner, when its
 publish fails, when it is revoked before it began, or when it turns out to be
 a duplicate of a call that already ran: a call that must not run is never
@@ -72,7 +82,8 @@ end
 """
 
 # ARGV: prefix, sid, requested pool ('' = the session's or the default), default
-# pool, task id and call JSON to journal ('' = no journal).  Returns {status, owner, pool}.
+# pool, task id and call JSON to journal ('' = no journal), '1' to keep its place
+# in the send order.  Returns {status, owner, pool}.
 _ROUTE = (
     _COMMON
     + """
@@ -83,6 +94,7 @@ local function journal()
   if ARGV[5] == '' then return end
   local seq = redis.call('HINCRBY', rk, 'seq', 1)
   redis.call('HSET', P .. ':calls:' .. sid, ARGV[5], seq .. '|' .. now .. '|' .. ARGV[6])
+  if ARGV[7] == '1' then redis.call('ZADD', P .. ':order:' .. sid, seq, ARGV[5]) end
 end
 local r = redis.call('HMGET', rk, 'owner', 'pool', 'active', 'state')
 if not r[2] then
@@ -192,20 +204,34 @@ redis.call('HSET', rk, 'active', ARGV[4])
 return r[3]
 """
 
-# ARGV: prefix, sid, worker, now (s, float), task id. Checks ownership, takes the
-# call out of the journal and refreshes the session data's TTL.
-# Returns {'ok'|'missing'|'notmine', pool}.
+# ARGV: prefix, sid, worker, now (s, float), task id, order wait ms ('' = no order
+# check). Checks ownership and the send order, takes the call out of the journal
+# and refreshes the session data's TTL.
+# Returns {'ok'|'missing'|'notmine'|'early', pool, earlier task id}.
 _BEGIN_CALL = """
-local P, sid, w = ARGV[1], ARGV[2], ARGV[3]
+local P, sid, w, tid = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
 local r = redis.call('HMGET', P .. ':route:' .. sid, 'owner', 'state', 'pool')
-if r[1] ~= w or r[2] ~= 'bound' then return {'notmine', r[3] or ''} end
-redis.call('HDEL', P .. ':calls:' .. sid, ARGV[5])
+if r[1] ~= w or r[2] ~= 'bound' then return {'notmine', r[3] or '', ''} end
+local ck, ok = P .. ':calls:' .. sid, P .. ':order:' .. sid
+local mine = redis.call('HGET', ck, tid)
+if mine and ARGV[6] ~= '' then
+  local seq = tonumber(string.match(mine, '^(%d+)|'))
+  local t = redis.call('TIME')
+  local since = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[6])
+  for _, e in ipairs(redis.call('ZRANGEBYSCORE', ok, '-inf', '(' .. seq)) do
+    local raw = redis.call('HGET', ck, e)
+    if raw and tonumber(string.match(raw, '^%d+|(%d+)|')) > since then return {'early', r[3], e} end
+    redis.call('ZREM', ok, e)  -- begun, dropped, or waited for long enough
+  end
+end
+redis.call('HDEL', ck, tid)
+redis.call('ZREM', ok, tid)
 local dk = P .. ':session:' .. sid
 local ttl = redis.call('HGET', dk, 'ttl')
-if not ttl then return {'missing', r[3]} end
+if not ttl then return {'missing', r[3], ''} end
 redis.call('EXPIRE', dk, tonumber(ttl))
 redis.call('ZADD', P .. ':sessions', tonumber(ARGV[4]) + tonumber(ttl), sid)
-return {'ok', r[3]}
+return {'ok', r[3], ''}
 """
 
 # ARGV: prefix, sid, worker, grace ms. Starts closing an expired session.
@@ -240,7 +266,7 @@ local r = redis.call('HMGET', rk, 'owner', 'pool', 'state')
 redis.call('SREM', P .. ':owned:' .. w, sid)
 if r[1] ~= w then return 0 end
 redis.call('ZINCRBY', P .. ':load:' .. r[2], -1, w)
-redis.call('DEL', rk, P .. ':calls:' .. sid)
+redis.call('DEL', rk, P .. ':calls:' .. sid, P .. ':order:' .. sid)
 redis.call('SREM', P .. ':orphans:' .. r[2], sid)
 if r[3] == 'closing' then redis.call('ZREM', P .. ':sessions', sid) end
 return 1
@@ -299,10 +325,12 @@ class LeaseTable:
         *,
         task_id: str = "",
         call: str = "",
+        ordered: bool = False,
     ) -> Route:
         """Find (or choose, for a new session) the owner of a call, waking it if
-        needed; with ``task_id``, journal the call (``call``: its JSON)."""
-        args = [self.prefix, session_id, pool or "", default_pool, task_id, call]
+        needed; with ``task_id``, journal the call (``call``: its JSON), and with
+        ``ordered`` keep its place in the send order (see the module's docstring)."""
+        args = [self.prefix, session_id, pool or "", default_pool, task_id, call, "1" if ordered else ""]
         status, owner, found = self._route(args=args)
         return Route(_text(status), _text(owner), _text(found))
 
@@ -316,7 +344,10 @@ class LeaseTable:
 
     def drop_call(self, session_id: str, task_id: str) -> None:
         """Take a call out of the journal: it will not run (publish failed, revoked, duplicate)."""
-        self.redis.hdel(self.key("calls", session_id), task_id)
+        pipe = self.redis.pipeline()
+        pipe.hdel(self.key("calls", session_id), task_id)
+        pipe.zrem(self.key("order", session_id), task_id)
+        pipe.execute()
 
     def now_ms(self) -> int:
         """Redis' clock, in ms."""
@@ -386,10 +417,18 @@ class LeaseTable:
         pool = self._set_active(args=[self.prefix, session_id, worker, "1" if active else "0"])
         return _text(pool) if pool else None
 
-    def begin_call(self, session_id: str, worker: str, now: float, task_id: str = "") -> tuple[str, str]:
-        """Before a call: ("ok"|"missing"|"notmine", pool); refreshes the data's TTL."""
-        status, pool = self._begin(args=[self.prefix, session_id, worker, now, task_id])
-        return _text(status), _text(pool)
+    def begin_call(
+        self, session_id: str, worker: str, now: float, task_id: str = "", order_wait_ms: int | None = None
+    ) -> tuple[str, str, str]:
+        """Before a call: (status, pool, earlier); refreshes the data's TTL.
+
+        ``status`` is "ok", "missing" (the session's data expired), "notmine",
+        or, with ``order_wait_ms``, "early": ``earlier``, a call of the session
+        sent before this one less than ``order_wait_ms`` ago, has not begun.
+        """
+        wait = "" if order_wait_ms is None else str(order_wait_ms)
+        status, pool, earlier = self._begin(args=[self.prefix, session_id, worker, now, task_id, wait])
+        return _text(status), _text(pool), _text(earlier)
 
     def expire_begin(self, session_id: str, worker: str, grace_ms: int) -> str:
         """Start closing an expired session: "closing", or why not

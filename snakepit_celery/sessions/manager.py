@@ -40,6 +40,10 @@ __all__ = ["TASK_NAME", "SessionManager", "session_id_of"]
 
 log = logging.getLogger(__name__)
 
+#: Seconds a session's consumer is off while a call sent before the one at hand
+#: is still elsewhere (see :meth:`SessionManager._hold_back`).
+HOLD_BACK = 0.3
+
 
 class SessionManager:
     """The sessions this worker owns.
@@ -85,6 +89,11 @@ class SessionManager:
         #: Calls received and not finished, by session id (whether or not the
         #: session is local yet): a session with one is not idle.
         self._inflight: dict[str, set[str]] = {}
+        #: Whether calls keep their session's send order through the journal (RabbitMQ:
+        #: set by the session step; a Redis broker's failover restores the order itself).
+        self.order_calls = False
+        #: Sessions whose consumer is paused while an earlier call is elsewhere.
+        self._held_back: set[str] = set()
         self.lock = threading.RLock()
         self.stopping = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -240,7 +249,18 @@ class SessionManager:
             if delivery.get("redelivered") and task.AsyncResult(task_id).state in READY_STATES:
                 self.leases.drop_call(session_id, task_id)
                 raise Ignore()  # it ran before its owner died, only the ack was lost
-            status, bound_pool = self.leases.begin_call(session_id, self.worker_id, time.time(), task_id)
+            order_wait = None
+            if self.order_calls and getattr(task, "acks_late", False):
+                order_wait = int(self.settings.order_wait * 1000)
+            status, bound_pool, earlier = self.leases.begin_call(
+                session_id, self.worker_id, time.time(), task_id, order_wait
+            )
+            if status == "early":
+                self._hold_back(session_id)
+                raise Reject(
+                    f"session {session_id!r}: call {earlier} was sent before {task_id} and has not begun",
+                    requeue=True,
+                )
             if status == "notmine":
                 if getattr(task, "acks_late", False):
                     raise Reject(f"session {session_id!r} is not owned by {self.worker_id}", requeue=True)
@@ -254,6 +274,36 @@ class SessionManager:
             yield bound_pool
         finally:
             self.finished(session_id, task_id)
+
+    def _hold_back(self, session_id: str) -> None:
+        """Stop taking the session's calls for a moment: an earlier call is elsewhere.
+
+        On RabbitMQ a frozen owner's prefetched calls come back only when it wakes
+        (or its connection dies), and this worker's own prefetched later calls,
+        unacknowledged, would keep them from being delivered here. So every call
+        of the session this worker holds goes back to the queue (each finds the
+        earlier call missing and is rejected, in place), the consumer is off for
+        :data:`HOLD_BACK` seconds, and then takes the queue again from its head.
+        """
+        with self.lock:
+            if session_id in self._held_back:
+                return
+            self._held_back.add(session_id)
+        log.info(
+            "snakepit: session %s: an earlier call is not here yet; its calls go back in line", session_id
+        )
+        self.switch.cancel(session_id)
+        timer = threading.Timer(HOLD_BACK, self._resume, args=(session_id,))
+        timer.daemon = True
+        timer.start()
+
+    def _resume(self, session_id: str) -> None:
+        with self.lock:
+            self._held_back.discard(session_id)
+            local = self.sessions.get(session_id)
+            if local is None or not local.consuming or self.stopping.is_set():
+                return  # released or lost meanwhile: its next call wakes it as usual
+        self.switch.add(session_id)
 
     @staticmethod
     def _send_again(task: Any) -> None:

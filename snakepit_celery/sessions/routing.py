@@ -11,9 +11,12 @@ call is in the queue exactly once. Every task that runs in a session comes
 this way (``execute_in_session``, and ``execute_stream``/``execute_batch`` given
 a ``session_id``; see :mod:`.calls`).
 
-On a Redis broker the call is journalled by the same script (see
-:mod:`.lease`); when the publish then fails, the entry is taken out again, so
-a failover never republishes a call its caller saw fail.
+The call is journalled by the same script (see :mod:`.lease`): on a Redis
+broker so that a failover can republish a call kombu lost in flight, on
+RabbitMQ so that a call keeps its place in the send order while an earlier one
+is still held by a frozen owner (a call with an ETA keeps no place: it runs
+when it is due). When the publish fails, the entry is taken out again, so a
+failover never republishes a call its caller saw fail.
 
 The queue uses the default (anonymous) exchange: no binding is created, so a
 Redis broker keeps no ``_kombu.binding.*`` key for it. On RabbitMQ every publish
@@ -73,7 +76,7 @@ class SessionRouter:
         self.default_pool = default_pool
         self.leases = LeaseTable(redis.Redis.from_url(redis_url), prefix)
 
-    def route(self, session_id: str, pool: str | None, **journal: str) -> Route:
+    def route(self, session_id: str, pool: str | None, **journal: Any) -> Route:
         """Route one call, waiting while the session is being closed.
 
         Raises:
@@ -123,13 +126,12 @@ class SessionRouter:
             options.pop(key, None)
         with self.app.producer_or_acquire(producer) as prod:
             on_redis = prod.connection.transport.driver_type == "redis"
-            journal = {}
-            if on_redis:  # journal the call (see lease.py): kombu could lose it in flight
-                options["task_id"] = options.get("task_id") or uuid()
-                journal = {
-                    "task_id": options["task_id"],
-                    "call": journal_entry(task.name, args, named, options),
-                }
+            options["task_id"] = options.get("task_id") or uuid()
+            journal = {
+                "task_id": options["task_id"],
+                "call": journal_entry(task.name, args, named, options),
+                "ordered": not on_redis and options.get("eta") is None and options.get("countdown") is None,
+            }
             found = self.route(session_id, named.get("pool"), **journal)
             named["pool"] = found.pool
             try:
@@ -140,8 +142,7 @@ class SessionRouter:
             except BaseException:
                 # Not sent (as far as we know): a journal entry left behind would be
                 # republished at failover, running a call its caller saw fail.
-                if journal:
-                    self.leases.drop_call(session_id, journal["task_id"])
+                self.leases.drop_call(session_id, journal["task_id"])
                 raise
 
 

@@ -42,6 +42,10 @@ DEFAULT_EXPIRY_GRACE = 2.0
 DEFAULT_EXPIRY_INTERVAL = 1.0
 #: Seconds a caller waits for a session that is being closed (expiring).
 DEFAULT_CLOSING_WAIT = 10.0
+#: Seconds a session call waits (RabbitMQ) for a call sent before it that has
+#: not begun, held by an owner that froze or is being taken over; after that it
+#: runs without it, and the earlier call runs when it comes back.
+DEFAULT_ORDER_WAIT = 30.0
 #: Dead workers that may take a pool call before it is refused with
 #: ``WorkerLost``: a call that kills whatever runs it stops after that many.
 DEFAULT_MAX_DELIVERIES = 3
@@ -54,6 +58,7 @@ _ENV = {
     "SNAKEPIT_SESSION_EXPIRY_GRACE": "expiry_grace",
     "SNAKEPIT_SESSION_EXPIRY_INTERVAL": "expiry_interval",
     "SNAKEPIT_SESSION_CLOSING_WAIT": "closing_wait",
+    "SNAKEPIT_SESSION_ORDER_WAIT": "order_wait",
     "SNAKEPIT_MAX_DELIVERIES": "max_deliveries",
 }
 _INTEGERS = ("session_ttl", "max_deliveries")
@@ -78,6 +83,8 @@ class SessionSettings:
     expiry_interval: float = DEFAULT_EXPIRY_INTERVAL
     #: Seconds a caller waits for a closing session before giving up.
     closing_wait: float = DEFAULT_CLOSING_WAIT
+    #: Seconds a session call waits for an earlier one still held elsewhere (RabbitMQ).
+    order_wait: float = DEFAULT_ORDER_WAIT
     #: Dead workers that may take a pool call before it is answered with ``WorkerLost``.
     #: (The worker lease above also bounds how soon a dead worker's calls are recovered.)
     max_deliveries: int = DEFAULT_MAX_DELIVERIES

@@ -185,6 +185,7 @@ class SessionStep(bootsteps.StartStopStep):  # type: ignore[misc]
             with _lock:
                 _manager = self.manager
                 _redis_broker = c.connection.transport.driver_type == "redis"
+            self.manager.order_calls = not _redis_broker
             set_ledger(self.manager.ledger)
             self.manager.switch.attach(c)
             self.manager.start()

@@ -147,13 +147,41 @@ def test_begin_call_checks_the_owner_and_refreshes_the_data(table: LeaseTable) -
 
     register(table, "w1")
     table.route("s1", None, "python")
-    assert table.begin_call("s1", "w1", time.time()) == ("missing", "python")
+    assert table.begin_call("s1", "w1", time.time())[:2] == ("missing", "python")
     store = SessionStore(table.redis, prefix=P)
     store.create_session("s1", ttl=100)
     table.redis.expire(table.key("session", "s1"), 5)
-    assert table.begin_call("s1", "w1", time.time()) == ("ok", "python")
+    assert table.begin_call("s1", "w1", time.time())[:2] == ("ok", "python")
     assert table.redis.ttl(table.key("session", "s1")) > 90
     assert table.begin_call("s1", "w2", time.time())[0] == "notmine"
+
+
+def test_a_call_does_not_begin_before_one_sent_earlier_that_keeps_its_place(table: LeaseTable) -> None:
+    from snakepit_celery.sessions.store import SessionStore
+
+    register(table, "w1")
+    SessionStore(table.redis, prefix=P).create_session("s1", ttl=100)
+    for tid in ("t1", "t2"):
+        table.route("s1", None, "python", task_id=tid, call="{}", ordered=True)
+    table.route("s1", None, "python", task_id="eta", call="{}")  # an ETA call keeps no place
+    table.route("s1", None, "python", task_id="t3", call="{}", ordered=True)
+    wait = 60_000
+    assert table.begin_call("s1", "w1", time.time(), "t2", wait) == ("early", "python", "t1")
+    assert table.begin_call("s1", "w2", time.time(), "t2", wait)[0] == "notmine"
+    assert table.begin_call("s1", "w1", time.time(), "t1", wait) == ("ok", "python", "")
+    assert table.begin_call("s1", "w1", time.time(), "t2", wait)[0] == "ok"
+    assert table.begin_call("s1", "w1", time.time(), "t3", wait)[0] == "ok"  # the ETA call is not waited for
+    # An earlier call dropped (revoked), or sent longer ago than the wait, holds no one up.
+    for tid in ("t4", "t5", "t6"):
+        table.route("s1", None, "python", task_id=tid, call="{}", ordered=True)
+    table.drop_call("s1", "t4")
+    assert table.begin_call("s1", "w1", time.time(), "t6", wait) == ("early", "python", "t5")
+    assert table.begin_call("s1", "w1", time.time(), "t6", 0)[0] == "ok"
+    assert table.redis.zrange(table.key("order", "s1"), 0, -1) == []  # t5 given up on, t6 begun
+    assert table.begin_call("s1", "w1", time.time(), "t5", wait)[0] == "ok"  # it still runs when it comes
+    assert set(table.redis.hkeys(table.key("calls", "s1"))) == {b"eta"}
+    assert table.forget("s1", "w1")
+    assert not table.redis.exists(table.key("calls", "s1"), table.key("order", "s1"))
 
 
 def test_expiry_closes_only_an_expired_quiet_session(table: LeaseTable) -> None:

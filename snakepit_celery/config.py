@@ -24,6 +24,8 @@ __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "DEFAULT_MAX_QUEUE",
     "DEFAULT_METRICS_ADDR",
+    "DEFAULT_PAYLOAD_REF_THRESHOLD",
+    "DEFAULT_PAYLOAD_REF_TTL",
     "DEFAULT_POOL_SIZE",
     "DEFAULT_QUEUE_PREFIX",
     "DEFAULT_QUEUE_TIMEOUT",
@@ -51,6 +53,10 @@ DEFAULT_MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
 DEFAULT_QUEUE_PREFIX = "snakepit"
 #: Address of the opt-in Prometheus endpoint: loopback unless the operator opens it.
 DEFAULT_METRICS_ADDR = "127.0.0.1"
+#: A ``bytes`` value larger than this travels through the snakepit Redis, not the messages.
+DEFAULT_PAYLOAD_REF_THRESHOLD = 256 * 1024
+#: Seconds a stored payload waits to be read before Redis drops it.
+DEFAULT_PAYLOAD_REF_TTL = 3600
 
 #: Pool names and prefixes become queue names and Redis keys.
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,63}$")
@@ -197,6 +203,12 @@ class SnakepitConfig:
     metrics_port: int | None = None
     #: Address the Prometheus endpoint listens on.
     metrics_addr: str = DEFAULT_METRICS_ADDR
+    #: A ``bytes`` value (in a call's arguments or a task's result) larger than this
+    #: many bytes is stored once in the snakepit Redis and the message or result
+    #: carries a reference to it (:mod:`snakepit_celery.payloads`); 0: never.
+    payload_ref_threshold: int = DEFAULT_PAYLOAD_REF_THRESHOLD
+    #: Seconds a stored payload is kept when nobody reads it (read, it is deleted).
+    payload_ref_ttl: int = DEFAULT_PAYLOAD_REF_TTL
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "pools", tuple(self.pools))
@@ -216,6 +228,16 @@ class SnakepitConfig:
             f"{port!r} must be a port number (0-65535) or unset",
         )
         _check(bool(self.metrics_addr), "metrics_addr", "must not be empty")
+        threshold = self.payload_ref_threshold
+        _check(
+            type(threshold) is int and threshold >= 0,
+            "payload_ref_threshold",
+            f"{threshold!r} must be a whole number of bytes >= 0 (0: never by reference)",
+        )
+        ttl = self.payload_ref_ttl
+        _check(
+            type(ttl) is int and ttl > 0, "payload_ref_ttl", f"{ttl!r} must be a whole number of seconds > 0"
+        )
 
     @property
     def total_bridges(self) -> int:
@@ -294,8 +316,9 @@ class SnakepitConfig:
     def from_env(cls, environ: Mapping[str, str] | None = None) -> SnakepitConfig:
         """The config a worker uses: ``SNAKEPIT_CONFIG`` (a file) if set, then
         ``SNAKEPIT_*`` overrides: ``REDIS_URL``, ``QUEUE_PREFIX``, ``RUN_DIR``,
-        ``BROKER_URL``, ``RESULT_BACKEND``, ``METRICS_PORT``, ``METRICS_ADDR``, and
-        ``POOL_SIZE`` / ``START_METHOD`` applied to every pool.
+        ``BROKER_URL``, ``RESULT_BACKEND``, ``METRICS_PORT``, ``METRICS_ADDR``,
+        ``PAYLOAD_REF_THRESHOLD``, ``PAYLOAD_REF_TTL``, and ``POOL_SIZE`` /
+        ``START_METHOD`` applied to every pool.
         """
         env = os.environ if environ is None else environ
         base = cls.from_file(env["SNAKEPIT_CONFIG"]) if env.get("SNAKEPIT_CONFIG") else cls()
@@ -316,6 +339,12 @@ class SnakepitConfig:
             changes["metrics_port"] = int(raw)
         if env.get("SNAKEPIT_METRICS_ADDR"):
             changes["metrics_addr"] = env["SNAKEPIT_METRICS_ADDR"]
+        for name in ("payload_ref_threshold", "payload_ref_ttl"):
+            variable = f"SNAKEPIT_{name.upper()}"
+            if env.get(variable):
+                raw = env[variable]
+                _check(raw.isdigit(), variable, f"{raw!r} is not a whole number")
+                changes[name] = int(raw)
         pool_changes: dict[str, Any] = {}
         if env.get("SNAKEPIT_POOL_SIZE"):
             raw = env["SNAKEPIT_POOL_SIZE"]

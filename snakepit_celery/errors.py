@@ -20,6 +20,7 @@
     │   ├── CommandTimeout          past its hard timeout; the bridge was replaced
     │   ├── CommandCancelled        cancelled by the caller
     │   └── BatchItemError          one item of a batch failed; carries its index
+    ├── PayloadExpired              a big payload stored in Redis is gone (read, or past its TTL)
     ├── SessionError
     │   ├── InvalidSessionId        unfit for a queue name or a Redis key
     │   └── SessionNotFound         unknown or expired session
@@ -44,6 +45,7 @@ __all__ = [
     "InfrastructureError",
     "InvalidArguments",
     "InvalidSessionId",
+    "PayloadExpired",
     "PayloadTooLarge",
     "PoolClosed",
     "PoolNotFound",
@@ -223,6 +225,12 @@ class BatchItemError(ExecutionError):
     def __str__(self) -> str:
         kind = self.remote_type or self.error_class
         return f"item {self.args[1]}: {kind + ': ' if kind else ''}{self.message}"
+
+
+class PayloadExpired(SnakepitError):
+    """A big ``bytes`` value stored in the snakepit Redis is gone: its result was
+    read already (a stored payload is read once, then deleted), or nobody read it
+    within ``payload_ref_ttl`` seconds. Sending the call again is the remedy."""
 
 
 class SessionError(SnakepitError):

@@ -85,9 +85,10 @@ def install(app: Celery, config: SnakepitConfig | None = None) -> None:
     """Make ``app``'s workers host snakepit pools and its callers route to them.
 
     Adds the worker bootstep and, where the app kept Celery's default: the
-    threads pool, JSON only (pickle refused), task events on (Flower), enough
-    worker threads for every bridge, and the config's broker/backend if it has
-    them. Idempotent.
+    threads pool, JSON only (pickle refused; big ``bytes`` by reference through
+    the snakepit Redis, see :mod:`snakepit_celery.payloads`), task events on
+    (Flower), enough worker threads for every bridge, and the config's
+    broker/backend if it has them. Idempotent.
 
     Args:
         app: the project's Celery app.
@@ -99,7 +100,10 @@ def install(app: Celery, config: SnakepitConfig | None = None) -> None:
         app = Celery("proj", broker="redis://localhost:6379/0", backend="redis://localhost:6379/1")
         install(app)
     """
-    from snakepit_celery import tasks  # noqa: F401  (registers the shared tasks)
+    from snakepit_celery import (
+        payloads,  # the serializers of big bytes by reference
+        tasks,  # noqa: F401  (registers the shared tasks)
+    )
     from snakepit_celery.batch import tasks as _batch_tasks  # noqa: F401  (snakepit.execute_batch)
     from snakepit_celery.sessions import task as _session_task  # noqa: F401  (snakepit.execute_in_session)
     from snakepit_celery.sessions.step import SessionStep
@@ -112,6 +116,7 @@ def install(app: Celery, config: SnakepitConfig | None = None) -> None:
     if app in _installed:
         return
     _installed.add(app)
+    payloads.register_app(app)
     app.steps["worker"].add(SnakepitStep)
     app.steps["consumer"].add(SessionStep)
     if app.configured:
@@ -156,13 +161,16 @@ def _apply_defaults(app: Celery) -> None:
 
 
 def _defaults(app: Celery) -> dict[str, Any]:
+    from snakepit_celery import payloads
+
     defaults: dict[str, Any] = {
         "worker_pool": "threads",
-        "task_serializer": "json",
-        "result_serializer": "json",
+        # kombu's JSON, big bytes by reference (snakepit_celery.payloads); plain JSON accepted too
+        "task_serializer": payloads.MESSAGE_SERIALIZER,
+        "result_serializer": payloads.RESULT_SERIALIZER,
         "event_serializer": "json",
-        "accept_content": ["json"],
-        "result_accept_content": ["json"],
+        "accept_content": ["json", payloads.MESSAGE_CONTENT_TYPE],
+        "result_accept_content": ["json", payloads.RESULT_CONTENT_TYPE],
         "worker_send_task_events": True,
         "task_send_sent_event": True,
     }

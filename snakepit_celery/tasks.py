@@ -19,10 +19,12 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Task, shared_task
+from kombu.exceptions import EncodeError
 
 from snakepit_celery.api import config_for
-from snakepit_celery.errors import ExecutionError, WorkerLost
+from snakepit_celery.errors import ExecutionError, SnakepitError, WorkerLost
 from snakepit_celery.known_pools import check_chain, check_pool
+from snakepit_celery.payloads import sending
 from snakepit_celery.recovery import begin_hook
 from snakepit_celery.worker import current_host
 
@@ -71,7 +73,16 @@ class PoolTask(Task):  # type: ignore[misc]
             check_pool(self.app, config, pool)  # a typo fails here, not after the caller's timeout
         if options.get("chain"):  # and in a later step of a chain, before its first step is sent
             check_chain(self.app, config_for(self.app), options["chain"])
-        return super().apply_async(args, kwargs, task_id, producer, link, link_error, shadow, **options)
+        try:
+            with sending(self.app):  # big bytes go to this app's snakepit Redis, within its pool's limit
+                return super().apply_async(
+                    args, kwargs, task_id, producer, link, link_error, shadow, **options
+                )
+        except EncodeError as exc:  # kombu wraps what the serializer raised: PayloadTooLarge, say
+            inner = exc.args[0] if exc.args else None
+            if isinstance(inner, SnakepitError):
+                raise inner from None
+            raise
 
 
 @shared_task(name="snakepit.execute", base=PoolTask, bind=True)  # type: ignore[untyped-decorator]

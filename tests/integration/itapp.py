@@ -35,6 +35,17 @@ def total(results: list[dict[str, Any]]) -> int | float:
     return sum(r["result"] for r in results)
 
 
+@shared_task(name="itest.echoed_bytes")
+def echoed_bytes(results: Any) -> Any:
+    """Chain/chord callback: the bytes that ``echo`` answered (a list of them from a chord),
+    so the caller sees whether the callback got plain bytes and gives them back."""
+    datas = [r["echoed"]["data"] for r in (results if isinstance(results, list) else [results])]
+    for data in datas:
+        if not isinstance(data, bytes):
+            raise TypeError(f"the callback got a {type(data).__name__}, not bytes")
+    return datas if isinstance(results, list) else datas[0]
+
+
 @shared_task(name="itest.noop")
 def noop() -> None:
     """A plain Celery task, no bridge involved."""

@@ -88,7 +88,7 @@ class BridgePool(PoolLifecycle):
 
     # -- borrowing -------------------------------------------------------------
 
-    def _checkout(self, session_id: str | None, on_begin: Callable[[], None] | None = None) -> Slot:
+    def _checkout(self, session_id: str | None) -> Slot:
         wanted = None
         if session_id is not None:
             with self._lock:
@@ -100,12 +100,6 @@ class BridgePool(PoolLifecycle):
         slot, waited = self._queue.acquire(wanted)
         if waited:
             self.telemetry.queue_wait(pool=self.name, wait=waited)
-        if on_begin is not None:
-            try:
-                on_begin()
-            except BaseException:
-                self._release(slot, slot.bridge, counted=False)  # type: ignore[arg-type]
-                raise
         return slot
 
     def _release(
@@ -172,7 +166,7 @@ class BridgePool(PoolLifecycle):
         session_id: str | None = None,
         request_id: str | None = None,
         idempotent: bool = False,
-        on_begin: Callable[[], None] | None = None,
+        on_begin: Callable[[], Callable[[], None] | None] | None = None,
     ) -> Any:
         """Run ``command`` on a free bridge (or the session's) and return its result.
 
@@ -186,7 +180,8 @@ class BridgePool(PoolLifecycle):
                 (one that never reached its bridge is, in any case).
             on_begin: called once the call has a bridge, before the bridge sees it
                 (the task layer records there that the call began); what it raises
-                ends the call, the bridge given back unused.
+                ends the call, the bridge given back unused. What it returns, if
+                not None, is called once when the call is over.
 
         Raises:
             PoolSaturated, QueueTimeout, PoolClosed: no bridge was borrowed; never ran.
@@ -196,6 +191,7 @@ class BridgePool(PoolLifecycle):
         """
         started = time.monotonic()
         outcome = "error"
+        after: Callable[[], None] | None = None
         try:
             hard = self.config.hard_timeout(command, timeout)
             request = bridge_pb2.ExecuteRequest(
@@ -207,9 +203,15 @@ class BridgePool(PoolLifecycle):
             )
             attempts = Attempts(idempotent=idempotent)
             while True:
-                slot = self._checkout(session_id, on_begin)
-                on_begin = None  # a retry on another bridge is the same call
+                slot = self._checkout(session_id)
                 bridge: Bridge = slot.bridge  # type: ignore[assignment]
+                if on_begin is not None:
+                    begin, on_begin = on_begin, None  # a retry on another bridge is the same call
+                    try:
+                        after = begin()
+                    except BaseException:
+                        self._release(slot, bridge, counted=False)
+                        raise
                 try:
                     if session_id is not None and session_id not in bridge.sessions:
                         self._init_session(bridge, session_id, hard or None)
@@ -230,6 +232,8 @@ class BridgePool(PoolLifecycle):
             outcome = _OUTCOME.get(type(exc), "error")
             raise
         finally:
+            if after is not None:
+                after()
             self._finished(command, started, outcome, session_id, request_id)
 
     #: Many calls of one command on one borrowed bridge, in one message (``run_batch``).

@@ -34,14 +34,17 @@ def set_ledger(ledger: CallLedger | None) -> None:
         _ledger = ledger
 
 
-def begin_hook(task: Any, *, idempotent: bool = False) -> Callable[[], None] | None:
+def begin_hook(task: Any, *, idempotent: bool = False) -> Callable[[], Callable[[], None] | None] | None:
     """What the task calls when its call is about to reach a bridge; None when
     the message is not one this worker took from a pool queue (a session call,
     an eager call, a worker without a ledger): nothing to check then.
 
     ``execute`` hands it to the pool, which calls it once a bridge is checked
     out, so a call still waiting for a bridge when its worker dies has not
-    begun; streams and batches call it as they start.
+    begun; streams and batches call it as they start. A first delivery on a
+    worker surely holding its lease does not wait for the ledger's verdict
+    (see :mod:`.ledger`): the hook then returns a function the pool calls when
+    the call is over, which reads it.
 
     The hook raises:
         WorkerLost: the call began on a worker that died (and is not
@@ -52,44 +55,92 @@ def begin_hook(task: Any, *, idempotent: bool = False) -> Callable[[], None] | N
             stalled, or the lost call's result is already stored); nothing is
             stored, the message is acknowledged.
     """
-    ledger = _ledger
-    task_id = task.request.id
-    tag = ledger.holds(task_id) if ledger is not None and task_id else None
-    if ledger is None or tag is None:
+    held = _held(task)
+    if held is None:
         return None
+    ledger, tag = held
+    task_id = task.request.id
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
 
-    def begin() -> None:
-        assert ledger is not None and tag is not None
+    def begin() -> Callable[[], None] | None:
         try:
-            verdict, detail = ledger.begin(task_id, tag, idempotent=idempotent)
+            verdict = None if redelivered else ledger.begin_behind(task_id, tag, idempotent=idempotent)
+            if verdict is not None:
+                if ledger.lease_sure():  # still: the record went out before any claim
+                    return lambda: _after(task, verdict)
+                _judge(task, *verdict())  # a stall meanwhile: the verdict first
+                return None
+            _judge(task, *ledger.begin(task_id, tag, idempotent=idempotent))
         except redis.RedisError as exc:
-            # Better to run than to refuse: only a death before the record is back can
-            # now make this call run twice (or be answered WorkerLost although it ran).
-            log.warning("snakepit: %s[%s] runs without its recovery record: %s", task.name, task_id, exc)
-            return
-        if verdict in ("mine", "stale"):
-            log.info("snakepit: %s[%s] not run here (%s)", task.name, task_id, verdict)
-            raise Ignore()
-        if verdict != "ok" and task.AsyncResult(task_id).state in READY_STATES:
-            log.info(
-                "snakepit: %s[%s] redelivered after its result was stored; not run again", task.name, task_id
-            )
-            raise Ignore()
-        if verdict in ("lost", "poison"):
-            raise _lost(task, verdict, detail)
-        if verdict == "rerun":
-            log.warning(
-                "snakepit: %s[%s] began on %s, which died; idempotent: run again", task.name, task_id, detail
-            )
+            _unrecorded(task, exc)
+        return None
 
     return begin
 
 
+def _judge(task: Any, verdict: str, detail: str) -> None:
+    """Act on the ledger's verdict before the call reaches its bridge."""
+    task_id = task.request.id
+    if verdict in ("mine", "stale"):
+        log.info("snakepit: %s[%s] not run here (%s)", task.name, task_id, verdict)
+        raise Ignore()
+    if verdict != "ok" and task.AsyncResult(task_id).state in READY_STATES:
+        log.info(
+            "snakepit: %s[%s] redelivered after its result was stored; not run again", task.name, task_id
+        )
+        raise Ignore()
+    if verdict in ("lost", "poison"):
+        raise _lost(task, verdict, detail)
+    if verdict == "rerun":
+        log.warning(
+            "snakepit: %s[%s] began on %s, which died; idempotent: run again", task.name, task_id, detail
+        )
+
+
+def _after(task: Any, verdict: Callable[[], tuple[str, str]]) -> None:
+    """Read the verdict of a call that did not wait for it; never raises (the call is over)."""
+    try:
+        found, detail = verdict()
+    except Exception as exc:
+        log.warning(
+            "snakepit: %s[%s] ran; its recovery record may be missing: %s", task.name, task.request.id, exc
+        )
+        return
+    if found != "ok":  # only a message sent twice under one task id gets here
+        log.warning(
+            "snakepit: %s[%s] ran although the call ledger said %r (%s): its task id was sent twice?",
+            task.name,
+            task.request.id,
+            found,
+            detail,
+        )
+
+
 def begin_now(task: Any, *, idempotent: bool = False) -> None:
     """Check and record, now, that the task's call begins (streams, batches)."""
-    begin = begin_hook(task, idempotent=idempotent)
-    if begin is not None:
-        begin()
+    held = _held(task)
+    if held is None:
+        return
+    ledger, tag = held
+    try:
+        verdict = ledger.begin(task.request.id, tag, idempotent=idempotent)
+    except redis.RedisError as exc:
+        _unrecorded(task, exc)
+        return
+    _judge(task, *verdict)
+
+
+def _held(task: Any) -> tuple[CallLedger, str] | None:
+    """This worker's ledger and the delivery tag of the task's message, if it holds one."""
+    ledger, task_id = _ledger, task.request.id
+    tag = ledger.holds(task_id) if ledger is not None and task_id else None
+    return None if ledger is None or tag is None else (ledger, tag)
+
+
+def _unrecorded(task: Any, exc: Exception) -> None:
+    # Better to run than to refuse: only a death before the record is back can
+    # now make this call run twice (or be answered WorkerLost although it ran).
+    log.warning("snakepit: %s[%s] runs without its recovery record: %s", task.name, task.request.id, exc)
 
 
 def _lost(task: Any, verdict: str, detail: str) -> WorkerLost:

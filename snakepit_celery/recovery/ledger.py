@@ -10,9 +10,15 @@ Keys (``<p>`` is the queue prefix, ``<w>`` the worker id of the session lease)::
                            not run its own copies of them (the message put back keeps its
                            tag, so only w checks this set, once per tag)
 
-Writing costs one round trip per call, on the call's own thread, before the
-bridge sees it (:meth:`CallLedger.begin`): that record is what tells "began"
-from "never began" after a death, so it cannot be written behind. What a
+Writing costs one command per call, on the call's own thread, before the
+bridge sees it: that record is what tells "began" from "never began" after a
+death, so it cannot be written behind. A redelivered message waits for the
+script's verdict (:meth:`CallLedger.begin`). A first delivery, on a worker
+whose lease is surely live, cannot have a verdict other than "ok" (only a
+death or a declared death gives a call a history), so its record is sent and
+the call goes on without waiting for the answer (:meth:`CallLedger.begin_behind`):
+the command is in the socket before the bridge hears of the call, so a death
+after it finds the record; the answer is read when the call is over. What a
 worker has merely received, and what it has finished, is written behind by a
 flusher thread, in one pipeline per tick: a death before the flush loses
 nothing, because the claimer also puts back any old unacknowledged pool
@@ -23,7 +29,9 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 __all__ = ["POOL_TASKS", "CallLedger"]
@@ -156,6 +164,11 @@ class CallLedger:
         self._begun: set[str] = set()
         self._lock = threading.Lock()
         self._pending: deque[tuple[str, str, str]] = deque(maxlen=MAX_PENDING)
+        #: Monotonic time until which no other worker can have declared this one dead.
+        self._sure_until = 0.0
+        #: Task ids held when this worker learnt it had been declared dead: their
+        #: messages may have been put back for others, so each waits for its verdict.
+        self._suspect: set[str] = set()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -188,6 +201,7 @@ class CallLedger:
             self._held.clear()
             self._copies.clear()
             self._begun.clear()
+            self._suspect.clear()
             self._pending.clear()
         try:
             self.redis.delete(self.key("taken", self.worker_id))
@@ -216,6 +230,82 @@ class CallLedger:
         with self._lock:
             return [tag for tag in self._held.values() if tag]
 
+    def lease_renewed(self, sent_at: float, lease_ttl: float) -> None:
+        """The worker's lease was renewed by a heartbeat sent at ``sent_at`` (monotonic).
+
+        No survivor can claim this worker before the lease lapses; half of it
+        leaves room for the clocks and for the heartbeat's own trip.
+        """
+        self._sure_until = sent_at + lease_ttl / 2
+
+    def declared_dead(self) -> None:
+        """This worker was declared dead (it stalled) and registers again: the
+        messages it holds now wait for their verdicts."""
+        with self._lock:
+            self._suspect.update(self._held)
+        self._sure_until = 0.0
+
+    def lease_sure(self) -> bool:
+        """Whether this worker surely still holds its lease (so nothing it holds was put back)."""
+        return time.monotonic() < self._sure_until
+
+    def begin_behind(
+        self, task_id: str, tag: str, *, idempotent: bool
+    ) -> Callable[[], tuple[str, str]] | None:
+        """Send the record that the call begins here, without waiting for the verdict.
+
+        Only for a first delivery on a worker whose lease is surely live (see the
+        module's docstring); None when the lease is not sure or the command could
+        not be sent (then :meth:`begin` decides). The returned function reads the
+        verdict; it must be called once, when the call is over (or at once, when
+        the lease stopped being sure meanwhile).
+
+        Raises:
+            redis.RedisError: reading the verdict failed (the record may be missing).
+        """
+        if not self.lease_sure():
+            return None
+        with self._lock:
+            if task_id in self._suspect:
+                return None
+        pool = self.redis.connection_pool
+        connection = pool.get_connection()
+        try:
+            connection.send_command("EVAL", _BEGIN, 0, *self._begin_args(task_id, tag, idempotent))
+        except Exception as exc:
+            log.debug("snakepit: call ledger: begin not sent: %s", exc)
+            connection.disconnect()
+            pool.release(connection)
+            return None
+        with self._lock:
+            self._begun.add(task_id)
+
+        def verdict() -> tuple[str, str]:
+            try:
+                found, detail = (_text(v) for v in connection.read_response())
+            except BaseException:
+                connection.disconnect()
+                raise
+            finally:
+                pool.release(connection)
+            if found not in ("ok", "rerun"):
+                with self._lock:
+                    self._begun.discard(task_id)
+            return found, detail
+
+        return verdict
+
+    def _begin_args(self, task_id: str, tag: str, idempotent: bool) -> list[Any]:
+        return [
+            self.prefix,
+            self.worker_id,
+            task_id,
+            tag,
+            "1" if idempotent else "0",
+            self.max_deliveries,
+            RUNNING_TTL,
+        ]
+
     def begin(self, task_id: str, tag: str, *, idempotent: bool) -> tuple[str, str]:
         """Record that the call begins here, unless it must not: the verdict.
 
@@ -229,16 +319,7 @@ class CallLedger:
         Raises:
             redis.RedisError: the ledger is unreachable.
         """
-        args = [
-            self.prefix,
-            self.worker_id,
-            task_id,
-            tag,
-            "1" if idempotent else "0",
-            self.max_deliveries,
-            RUNNING_TTL,
-        ]
-        verdict, detail = (_text(v) for v in self._begin(args=args))
+        verdict, detail = (_text(v) for v in self._begin(args=self._begin_args(task_id, tag, idempotent)))
         if verdict in ("ok", "rerun"):
             with self._lock:
                 self._begun.add(task_id)
@@ -252,6 +333,7 @@ class CallLedger:
                 self._copies[task_id] = copies
                 return
             self._copies.pop(task_id, None)
+            self._suspect.discard(task_id)
             if self._held.pop(task_id, None) is None:
                 return
             began = task_id in self._begun

@@ -109,13 +109,16 @@ class Housekeeper:
     def beat(self) -> None:
         m = self.m
         lease_ms = int(m.settings.lease_ttl * 1000)
+        sent_at = time.monotonic()
         if m.leases.heartbeat(m.worker_id, m.pools, lease_ms):
+            m.ledger.lease_renewed(sent_at, m.settings.lease_ttl)
             return
         log.warning("snakepit: worker %s was declared dead (stalled?); dropping its sessions", m.worker_id)
         with m.lock:
             lost = list(m.sessions)
         for session_id in lost:
             m.drop_local(session_id)
+        m.ledger.declared_dead()  # what it holds now may have been put back for others
         m.register()
 
     def take_over_dead(self) -> None:

@@ -114,7 +114,9 @@ class SessionManager:
 
     def register(self) -> None:
         lease_ms = int(self.settings.lease_ttl * 1000)
+        sent_at = time.monotonic()
         self.leases.heartbeat(self.worker_id, self.pools, lease_ms, first=True)
+        self.ledger.lease_renewed(sent_at, self.settings.lease_ttl)
 
     def stop(self) -> None:
         """Stop the threads and hand every session to the other workers."""

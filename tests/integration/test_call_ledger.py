@@ -128,3 +128,39 @@ def test_a_copy_redelivered_to_its_holder_stays_held_until_the_last_copy_ends(
     assert a.begin("t1", "", idempotent=False) == ("mine", "a")
     a.finished("t1")
     assert a.holds("t1") is None
+
+
+def test_a_first_delivery_sends_its_record_before_the_call_and_reads_the_verdict_after(
+    client: redis.Redis,
+) -> None:
+    a = ledger(client, "a")
+    a.received("t1", f"{P}.pool.python", "tag1")
+    assert a.begin_behind("t1", "tag1", idempotent=False) is None  # no lease renewed yet: not sure
+    a.lease_renewed(time.monotonic(), 60)
+    verdict = a.begin_behind("t1", "tag1", idempotent=False)
+    assert verdict is not None
+    # Nothing waited for the answer, yet the record is there (Redis ran the command).
+    deadline = time.monotonic() + 5
+    while client.hget(f"{P}:call:t1", "run") != b"a" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert client.hget(f"{P}:call:t1", "run") == b"a"
+    assert verdict() == ("ok", "")
+    # The connection went back to the pool with nothing left unread on it.
+    assert client.ping() and a.begin("t1", "tag1", idempotent=False) == ("mine", "a")
+
+
+def test_a_lapsing_lease_or_a_declared_death_makes_the_call_wait_for_its_verdict(
+    client: redis.Redis,
+) -> None:
+    a = ledger(client, "a")
+    a.lease_renewed(time.monotonic() - 31, 60)  # renewed longer than half a lease ago
+    a.received("t1", f"{P}.pool.python", "tag1")
+    assert not a.lease_sure()
+    assert a.begin_behind("t1", "tag1", idempotent=False) is None
+    a.lease_renewed(time.monotonic(), 60)
+    a.declared_dead()  # it stalled; what it held may run elsewhere now
+    a.lease_renewed(time.monotonic(), 60)  # and registered again
+    a.received("t2", f"{P}.pool.python", "tag2")
+    assert a.begin_behind("t1", "tag1", idempotent=False) is None
+    verdict = a.begin_behind("t2", "tag2", idempotent=False)  # received after: a first delivery
+    assert verdict is not None and verdict() == ("ok", "")

@@ -149,14 +149,14 @@ def _installed_store() -> PayloadStore | None:
     return store_for_app(apps[0]) if len(apps) == 1 else None
 
 
-def _sending_store() -> PayloadStore | None:
+def _sending_store(pool: object) -> PayloadStore | None:
     routing_key = getattr(_local, "routing_key", None)
     _local.routing_key = None
     app = _sending_app.get()
     if app is not None and app in _apps:
         return store_for_app(app)
     if isinstance(routing_key, str) and (".pool." in routing_key or ".session." in routing_key):
-        store = store_for_prefix(routing_key.split(".", 1)[0], list(_apps))
+        store = store_for_prefix(routing_key.split(".", 1)[0], list(_apps), pool)
         if store is not None:
             return store
     return _installed_store()
@@ -169,12 +169,12 @@ def dumps_message(body: Any) -> str:
         PayloadTooLarge: the arguments are over the ``max_payload_bytes`` of the
             message's pool; nothing was stored (kombu wraps it in ``EncodeError``).
     """
-    store = _sending_store()
+    kwargs = body[1] if isinstance(body, (list, tuple)) and len(body) > 1 else None
+    pool = kwargs.get("pool") if isinstance(kwargs, dict) else None
+    store = _sending_store(pool)
     text, pending = _encode(body, store)
     if pending:
         assert store is not None
-        kwargs = body[1] if isinstance(body, (list, tuple)) and len(body) > 1 else None
-        pool = kwargs.get("pool") if isinstance(kwargs, dict) else None
         limit = store.limit(pool)
         size = len(text) + sum(len(data) for _, data in pending)
         if size > limit:

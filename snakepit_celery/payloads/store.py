@@ -114,10 +114,14 @@ def store_for_app(app: Celery) -> PayloadStore | None:
         return store
 
 
-def store_for_prefix(prefix: str, apps: Sequence[Celery]) -> PayloadStore | None:
-    """The store of whichever of ``apps`` uses queue prefix ``prefix``."""
+def store_for_prefix(prefix: str, apps: Sequence[Celery], pool: object = None) -> PayloadStore | None:
+    """The store of whichever of ``apps`` uses queue prefix ``prefix``; of several, one whose
+    config has pool ``pool``."""
+    found = None
     for app in apps:
         store = store_for_app(app)
         if store is not None and store.prefix == prefix:
-            return store
-    return None
+            if pool in store.limits:
+                return store
+            found = found or store
+    return found

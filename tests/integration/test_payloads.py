@@ -17,6 +17,7 @@ import pytest
 import redis
 from celery import chain, chord
 from itworkers import Worker, WorkerFactory, wait_for
+from kombu.exceptions import EncodeError
 
 from snakepit_celery import PayloadTooLarge, batch_map
 from snakepit_celery.api import resolve_redis_url
@@ -134,6 +135,14 @@ def test_over_max_payload_bytes_is_refused_before_anything_is_stored(
     message = str(excinfo.value)
     assert message.startswith("arguments are 2097"), message  # 2 MiB and the JSON around it
     assert message.endswith("over the limit of 1048576 bytes (max_payload_bytes of pool 'small')")
+    assert set(payload_keys(snakepit_redis, worker.prefix)) == before
+    session_call = worker.app.tasks["snakepit.execute_in_session"]
+    with pytest.raises(
+        EncodeError, match=r"over the limit of 1048576 bytes \(max_payload_bytes of pool 'small'\)"
+    ):
+        session_call.apply_async(
+            ("payload-s2", "echo", {"data": os.urandom(2 * MIB)}), kwargs={"pool": "small"}
+        )
     assert set(payload_keys(snakepit_redis, worker.prefix)) == before
 
 

@@ -166,7 +166,9 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
             raise Failure("INVALID_ARGUMENTS", "InvalidArguments", f"command {cmd.name!r}: {exc}") from None
         return cmd.bind(args)
 
-    def _payload(self, value: Any, what: str) -> tuple[bridge_pb2.Payload, int]:
+    def _payload(
+        self, value: Any, what: str, *, into: bridge_pb2.Payload | None = None
+    ) -> tuple[bridge_pb2.Payload, int]:
         try:
             data, blobs = wire.encode(value)
         except wire.WireError as exc:
@@ -178,7 +180,12 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
                 "PayloadTooLarge",
                 f"{what} is {size} bytes, over the limit of {self.max_message_bytes} bytes",
             )
-        return bridge_pb2.Payload(json=data, blobs=blobs), size
+        if into is None:
+            return bridge_pb2.Payload(json=data, blobs=blobs), size
+        # Filled in place: a Payload built first would be copied whole into its parent message.
+        into.json = data
+        into.blobs.extend(blobs)
+        return into, size
 
     def _context(
         self,
@@ -263,8 +270,9 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
             cmd = self._unary(request.command)
             kwargs = self._args(cmd, request.args)
             result = self._invoke(cmd, kwargs, self._context(request, context), context, call)
-            payload, _ = self._payload(result, f"the result of command {cmd.name!r}")
-            return bridge_pb2.ExecuteResponse(result=payload)
+            response = bridge_pb2.ExecuteResponse()
+            self._payload(result, f"the result of command {cmd.name!r}", into=response.result)
+            return response
         except Failure as failure:
             self._abort(context, failure)
             raise  # unreachable: abort raises

@@ -169,6 +169,9 @@ class CallLedger:
         #: Task ids held when this worker learnt it had been declared dead: their
         #: messages may have been put back for others, so each waits for its verdict.
         self._suspect: set[str] = set()
+        self._local = threading.local()
+        #: The threads' own connections (see :meth:`_connection`), closed at stop.
+        self._connections: list[Any] = []
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -203,6 +206,9 @@ class CallLedger:
             self._begun.clear()
             self._suspect.clear()
             self._pending.clear()
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.disconnect()
         try:
             self.redis.delete(self.key("taken", self.worker_id))
         except Exception as exc:  # its lease lapses; the claimer finds nothing to put back
@@ -268,14 +274,12 @@ class CallLedger:
         with self._lock:
             if task_id in self._suspect:
                 return None
-        pool = self.redis.connection_pool
-        connection = pool.get_connection()
+        connection = self._connection()
         try:
             connection.send_command("EVAL", _BEGIN, 0, *self._begin_args(task_id, tag, idempotent))
         except Exception as exc:
             log.debug("snakepit: call ledger: begin not sent: %s", exc)
             connection.disconnect()
-            pool.release(connection)
             return None
         with self._lock:
             self._begun.add(task_id)
@@ -284,16 +288,30 @@ class CallLedger:
             try:
                 found, detail = (_text(v) for v in connection.read_response())
             except BaseException:
-                connection.disconnect()
+                connection.disconnect()  # the next call connects again
                 raise
-            finally:
-                pool.release(connection)
             if found not in ("ok", "rerun"):
                 with self._lock:
                     self._begun.discard(task_id)
             return found, detail
 
         return verdict
+
+    def _connection(self) -> Any:
+        """This thread's own connection to the ledger's Redis, for :meth:`begin_behind`.
+
+        Not one lent by the client's pool: a pool checks every connection it lends
+        for unread data, a few system calls that cost more than the command itself
+        on a small VM. Each pool thread sends and reads one command at a time on it.
+        """
+        connection = getattr(self._local, "connection", None)
+        if connection is None:
+            pool = self.redis.connection_pool
+            connection = pool.connection_class(**pool.connection_kwargs)
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
 
     def _begin_args(self, task_id: str, tag: str, idempotent: bool) -> list[Any]:
         return [

@@ -158,6 +158,10 @@ def _apply_defaults(app: Celery) -> None:
     for key, value in _defaults(app).items():
         if conf.get(key) == CELERY_DEFAULTS.get(key):
             conf[key] = value
+    # NOTE: Celery's control mailbox (ping, inspect, snakepit_stats, and the workers'
+    # replies) takes task_serializer: it stays plain JSON, as it carries no big bytes,
+    # so that a client without install() (another app, a monitoring script) reads it.
+    app.control.mailbox.serializer = "json"
 
 
 def _defaults(app: Celery) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from celery import chain, chord
 from itworkers import Worker, WorkerFactory, wait_for
 from kombu.exceptions import EncodeError
 
-from snakepit_celery import PayloadTooLarge, batch_map
+from snakepit_celery import PayloadExpired, PayloadTooLarge, batch_map
 from snakepit_celery.api import resolve_redis_url
 
 MIB = 1024 * 1024
@@ -102,6 +102,20 @@ def delete_queues_redis(url: str, name: str) -> None:
         client.delete(name)
     finally:
         client.close()
+
+
+def test_a_result_is_read_once(worker: Worker) -> None:
+    """Its payload deleted by the first read, the result then fails with PayloadExpired for
+    another reader (here another caller app, as another process would be)."""
+    data = os.urandom(MIB)
+    result = worker.execute.delay("echo", {"data": data})
+    assert result.get(timeout=30)["echoed"]["data"] == data
+    other = worker.caller_app(["python"])
+    try:
+        with pytest.raises(PayloadExpired, match="is gone from the snakepit Redis"):
+            other.AsyncResult(result.id).get(timeout=10)
+    finally:
+        other.close()
 
 
 def test_a_chord_and_a_chain_of_echo_see_plain_bytes(worker: Worker) -> None:

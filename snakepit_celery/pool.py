@@ -192,6 +192,7 @@ class BridgePool(PoolLifecycle):
         started = time.monotonic()
         outcome = "error"
         after: Callable[[], None] | None = None
+        refused = False
         try:
             hard = self.config.hard_timeout(command, timeout)
             request = bridge_pb2.ExecuteRequest(
@@ -211,6 +212,7 @@ class BridgePool(PoolLifecycle):
                         after = begin()
                     except BaseException:
                         self._release(slot, bridge, counted=False)
+                        refused = True  # never reached a bridge: not one of this pool's requests
                         raise
                 try:
                     if session_id is not None and session_id not in bridge.sessions:
@@ -234,7 +236,8 @@ class BridgePool(PoolLifecycle):
         finally:
             if after is not None:
                 after()
-            self._finished(command, started, outcome, session_id, request_id)
+            if not refused:
+                self._finished(command, started, outcome, session_id, request_id)
 
     #: Many calls of one command on one borrowed bridge, in one message (``run_batch``).
     execute_batch = run_batch

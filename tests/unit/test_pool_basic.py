@@ -13,6 +13,7 @@ from snakepit_celery.errors import (
     PayloadTooLarge,
     PoolClosed,
     UnknownCommand,
+    WorkerLost,
 )
 from tests.handlers import PoolFactory, Recorder, wait_until
 
@@ -128,6 +129,25 @@ def test_stats_agree_with_what_was_done(make_pool: PoolFactory) -> None:
     outcomes = [e["outcome"] for e in recorder.named("request_finished")]
     assert outcomes == ["ok"] * 5 + ["error", "error"]
     assert all(e["duration"] >= 0 and e["pool"] == "test" for e in recorder.named("request_finished"))
+
+
+def test_a_call_refused_before_its_bridge_is_no_request_and_its_after_hook_runs_once(
+    make_pool: PoolFactory,
+) -> None:
+    recorder = Recorder()
+    pool = make_pool(size=1, telemetry=recorder)
+    ended: list[str] = []
+
+    def refuse() -> None:
+        raise WorkerLost("refused by the task layer", "w1")
+
+    with pytest.raises(WorkerLost):
+        pool.execute("ping", on_begin=refuse)
+    assert pool.execute("ping", on_begin=lambda: lambda: ended.append("after"))["pid"] > 0
+    assert ended == ["after"]
+    stats = pool.stats()
+    assert stats["requests"] == 1 and stats["errors"] == 0 and stats["available"] == 1
+    assert [e["outcome"] for e in recorder.named("request_finished")] == ["ok"]
 
 
 def test_sessions_are_pinned_and_reinitialised(make_pool: PoolFactory) -> None:

@@ -308,6 +308,10 @@ def _on_publish(routing_key: str | None = None, **_: Any) -> None:
     _local.routing_key = routing_key  # read by the dumps of this very message, in this thread
 
 
+def _on_published(**_: Any) -> None:
+    _local.routing_key = None  # a message another serializer wrote leaves no key for the next
+
+
 def _on_prerun(task_id: str | None = None, args: Any = None, kwargs: Any = None, **_: Any) -> None:
     _local.taken = None
     decoded = _local.__dict__.pop("decoded", None)
@@ -344,6 +348,7 @@ def _on_postrun(task_id: str | None = None, state: str | None = None, **_: Any) 
 
 
 signals.before_task_publish.connect(_on_publish, weak=False)
+signals.after_task_publish.connect(_on_published, weak=False)
 signals.task_prerun.connect(_on_prerun, weak=False)
 signals.task_postrun.connect(_on_postrun, weak=False)
 register(MESSAGE_SERIALIZER, dumps_message, loads_message, content_type=MESSAGE_CONTENT_TYPE)  # type: ignore[no-untyped-call]

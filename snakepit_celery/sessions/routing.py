@@ -129,7 +129,8 @@ class SessionRouter:
             options["task_id"] = options.get("task_id") or uuid()
             journal = {
                 "task_id": options["task_id"],
-                "call": journal_entry(task.name, args, named, options),
+                # RabbitMQ keeps its messages: the entry only holds the call's place in the order.
+                "call": journal_entry(task.name, args, named, options) if on_redis else "",
                 "ordered": not on_redis and options.get("eta") is None and options.get("countdown") is None,
             }
             found = self.route(session_id, named.get("pool"), **journal)

@@ -19,7 +19,7 @@ SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 $(STAMP): pyproject.toml bridges/python/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e bridges/python -e '.[test,flower,embedded,metrics]'
+	$(PY) -m pip install --quiet -e bridges/python -e '.[test,flower,embedded,metrics,numpy]'
 	touch $(STAMP)
 
 venv: $(STAMP) bridges

@@ -31,6 +31,20 @@ class TestHandler(ShowcaseHandler):
         self._ballast: list[bytes] = []
 
     @command
+    def array_facts(self, **arrays: Any) -> dict[str, Any]:
+        """What arrived for each argument: its type, dtype, shape and sum, and the array doubled."""
+        facts: dict[str, Any] = {}
+        for name, value in arrays.items():
+            facts[name] = {
+                "type": f"{type(value).__module__}.{type(value).__name__}",
+                "dtype": str(getattr(value, "dtype", "")),
+                "shape": list(getattr(value, "shape", ())),
+                "sum": float(value.sum()) if hasattr(value, "sum") else None,
+                "doubled": value * 2 if hasattr(value, "sum") else None,
+            }
+        return facts
+
+    @command
     def hang(self, seconds: float = 3600.0) -> dict[str, Any]:
         """Block without looking at cancellation: only a kill ends it."""
         time.sleep(seconds)

@@ -43,6 +43,7 @@ from kombu.utils import json as kombu_json
 
 from snakepit_celery.api import app_or_current
 from snakepit_celery.errors import ConfigurationError, PayloadTooLarge
+from snakepit_celery.payloads.arrays import PendingArray, build, encode_array
 from snakepit_celery.payloads.store import PayloadStore, expired, prefix_of, store_for_app, store_for_prefix
 
 __all__ = [
@@ -132,6 +133,9 @@ class _Encoder(kombu_json.JSONEncoder):
             key = store.new_key()
             self.pending.append((key, o))
             return _marker(key, len(o))
+        array = encode_array(o)  # a numpy array: its buffer as bytes (so maybe by reference)
+        if array is not None:
+            return array
         return super().default(o)  # type: ignore[no-untyped-call]
 
 
@@ -256,13 +260,16 @@ def _replace(value: Any, found: dict[str, bytes | None]) -> Any:
     if isinstance(value, PayloadRef):
         data = found.get(value.key)
         return value if data is None else data
+    if isinstance(value, PendingArray):
+        data = found.get(value.ref.key)
+        return value if data is None else build(value.dtype, value.shape, data)
     if isinstance(value, dict):
         for k, item in value.items():
-            if isinstance(item, (PayloadRef, dict, list)):
+            if isinstance(item, (PayloadRef, PendingArray, dict, list)):
                 value[k] = _replace(item, found)
     elif isinstance(value, list):
         for i, item in enumerate(value):
-            if isinstance(item, (PayloadRef, dict, list)):
+            if isinstance(item, (PayloadRef, PendingArray, dict, list)):
                 value[i] = _replace(item, found)
     return value
 
@@ -295,6 +302,8 @@ def loads_result(data: Any) -> Any:
 def _refs_in(value: Any, into: list[PayloadRef]) -> list[PayloadRef]:
     if isinstance(value, PayloadRef):
         into.append(value)
+    elif isinstance(value, PendingArray):
+        into.append(value.ref)
     elif isinstance(value, dict):
         for item in value.values():
             _refs_in(item, into)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import struct
 import threading
 import time
 from typing import Any
@@ -12,7 +14,19 @@ import pytest
 from grpc_health.v1 import health_pb2
 from snakepit_bridge._proto import bridge_pb2
 
-from .common import SHOWCASE_STREAMS, SHOWCASE_UNARY, BridgeProcess, Client, ContractHooks, Kind, json_payload
+from .common import (
+    SHOWCASE_STREAMS,
+    SHOWCASE_UNARY,
+    BridgeProcess,
+    Client,
+    ContractHooks,
+    Kind,
+    dumps,
+    json_payload,
+    unpayload,
+)
+
+ARRAY = "__snakepit_array__"
 
 
 class UnaryContract(ContractHooks):
@@ -144,6 +158,48 @@ class UnaryContract(ContractHooks):
         assert echoed == value
         for key in ("int", "big", "zero", "float", "none", "true", "bytes"):
             assert type(echoed[key]) is type(value[key]), key
+
+    def test_arrays_travel_as_raw_buffers_with_dtype_and_shape(self, client: Client) -> None:
+        # Written at the wire level: what any bridge receives from a numpy array.
+        floats = struct.pack("<6f", 0, 1.5, 2, 3, 4, -5)
+        longs = struct.pack("<2q", -(2**40), 7)
+        doc = {
+            "img": {ARRAY: {"dtype": "<f4", "shape": [2, 3], "blob": 0}},
+            "ids": {ARRAY: {"dtype": "<i8", "shape": [2], "blob": 1}},
+            "mask": {ARRAY: {"dtype": "|b1", "shape": [0], "blob": 2}},
+            "lookalike": {"__snakepit_escape__": [ARRAY, 1]},
+        }
+        raw = bridge_pb2.Payload(json=dumps(doc), blobs=[floats, longs, b""])
+        response = client.stub.Execute(bridge_pb2.ExecuteRequest(command="echo", args=raw), timeout=10)
+        echoed = json.loads(response.result.json)["echoed"]
+        blobs = list(response.result.blobs)
+        for name, dtype, shape, data in (
+            ("img", "<f4", [2, 3], floats),
+            ("ids", "<i8", [2], longs),
+            ("mask", "|b1", [0], b""),
+        ):
+            spec = echoed[name][ARRAY]
+            assert (spec["dtype"], spec["shape"]) == (dtype, shape), name
+            assert blobs[spec["blob"]] == data, name  # the bytes themselves, not a JSON list
+        assert unpayload(response.result)["echoed"]["lookalike"] == {ARRAY: 1}
+
+    @pytest.mark.parametrize(
+        "spec",
+        [
+            {"dtype": ">f4", "shape": [1], "blob": 0},
+            {"dtype": "<f4", "shape": [2], "blob": 0},
+            {"dtype": "<f4", "shape": [1], "blob": 5},
+            {"dtype": "<f4", "shape": [1]},
+        ],
+        ids=["big-endian", "wrong-size", "no-such-blob", "no-blob"],
+    )
+    def test_a_broken_array_marker_is_refused_by_name(self, client: Client, spec: dict[str, Any]) -> None:
+        raw = bridge_pb2.Payload(json=dumps({"a": {ARRAY: spec}}), blobs=[b"\0\0\0\0"])
+        code, detail = client.fail("echo", raw=raw)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert detail.kind == Kind.INVALID_ARGUMENTS
+        assert "array" in detail.message
+        assert client.execute("ping")["status"] == "ok"
 
     # -- errors -----------------------------------------------------------------
 

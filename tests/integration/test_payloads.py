@@ -12,6 +12,7 @@ import json
 import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import redis
@@ -170,3 +171,54 @@ def test_no_payload_key_is_left_after_1000_calls(worker_factory: WorkerFactory) 
         wait_no_payload_keys(client, own.prefix)
     finally:
         client.close()
+
+
+ARRAYS = {"python": {"size": 1, "handler": "tests.handlers:TestHandler"}}
+
+
+@pytest.fixture(scope="module")
+def array_worker(module_worker_factory: WorkerFactory) -> Worker:
+    pytest.importorskip("numpy")
+    repo = str(Path(__file__).resolve().parents[2])  # the bridge imports tests.handlers
+    path = os.pathsep.join(p for p in (repo, os.environ.get("PYTHONPATH", "")) if p)
+    return module_worker_factory(ARRAYS, env={**ENV, "PYTHONPATH": path}, name="arrays")
+
+
+def test_numpy_arrays_arrive_as_arrays_and_come_back_as_arrays(
+    array_worker: Worker, snakepit_redis: redis.Redis
+) -> None:
+    import numpy as np
+
+    small = np.arange(6, dtype=np.float32).reshape(2, 3)
+    big = np.ones((512, 256), dtype=">f8")  # 1 MiB, big-endian: sent little-endian, by reference
+    ints = np.array([-(2**40), 7], dtype=np.int64)
+    result = array_worker.execute.delay("array_facts", {"small": small, "big": big, "ints": ints})
+    facts = result.get(timeout=60)
+    assert facts["small"]["type"] == "numpy.ndarray"  # in the handler: an array, not a list
+    assert (facts["small"]["dtype"], facts["small"]["shape"], facts["small"]["sum"]) == (
+        "float32",
+        [2, 3],
+        15.0,
+    )
+    assert (facts["big"]["dtype"], facts["big"]["shape"], facts["big"]["sum"]) == (
+        "float64",
+        [512, 256],
+        131072.0,
+    )
+    assert facts["ints"]["sum"] == float(-(2**40) + 7)
+    for name, sent in (("small", small), ("big", big), ("ints", ints)):
+        back = facts[name]["doubled"]
+        assert isinstance(back, np.ndarray) and back.shape == sent.shape, name
+        assert np.array_equal(back, sent * 2), name
+    wait_no_payload_keys(snakepit_redis, array_worker.prefix)
+
+
+def test_an_array_never_travels_as_a_json_list(array_worker: Worker) -> None:
+    import numpy as np
+
+    from snakepit_celery.payloads.codec import dumps_message
+
+    body = dumps_message([["array_facts", {"a": np.arange(1000, dtype=np.int32)}], {"pool": "python"}, {}])
+    assert "snakepit_ndarray" in body and "999" not in body  # raw bytes (base64), not numbers
+    with pytest.raises(Exception, match="arrays of numbers"):
+        array_worker.execute.delay("array_facts", {"a": np.array(["text"])})

@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import pytest
+from snakepit_bridge import wire
 from snakepit_bridge.wire import BYTES_KEY, ESCAPE_KEY, WireError, decode, encode
 
 ROUND_TRIPS: list[Any] = [
@@ -114,3 +115,30 @@ def test_circular_value_is_refused() -> None:
 def test_decode_errors_say_what_is_wrong(data: bytes, blobs: list[bytes], fragment: str) -> None:
     with pytest.raises(WireError, match=fragment):
         decode(data, blobs)
+
+
+def test_numpy_arrays_travel_as_buffers_and_come_back_as_arrays() -> None:
+    np = pytest.importorskip("numpy")
+    big_endian = np.arange(12, dtype=">i4").reshape(3, 4)
+    strided = np.arange(10, dtype=np.float64)[::2]
+    data, blobs = wire.encode({"a": big_endian, "b": strided, "c": np.zeros((0, 2), dtype=np.uint8)})
+    assert b"1,2,3" not in data and len(blobs) == 3  # buffers, never lists of numbers
+    back = wire.decode(data, blobs)
+    assert back["a"].dtype == np.dtype("<i4") and np.array_equal(back["a"], big_endian)
+    assert np.array_equal(back["b"], strided) and back["c"].shape == (0, 2)
+    assert not back["a"].flags.writeable  # a view of the received bytes
+    with pytest.raises(wire.WireError, match="dtype <U1"):
+        wire.encode({"text": np.array(["x"])})
+
+
+def test_an_ndarray_without_numpy_is_checked_and_round_trips() -> None:
+    array = wire.NDArray("<f4", (2,), b"\0" * 8)
+    data, blobs = wire.encode([array])
+    back = wire.decode(data, blobs)[0]  # a numpy array where numpy is installed, else an NDArray
+    assert bytes(back.data) == b"\0" * 8 and tuple(back.shape) == (2,)
+    with pytest.raises(wire.WireError, match="needs 8 bytes, not 3"):
+        wire.NDArray("<f4", (2,), b"abc")
+    with pytest.raises(wire.WireError, match="not one the wire carries"):
+        wire.NDArray(">f4", (1,), b"abcd")
+    with pytest.raises(wire.WireError, match="array marker points at blob 3"):
+        wire.decode(b'{"__snakepit_array__":{"dtype":"<f4","shape":[1],"blob":3}}', [])

@@ -6,4 +6,4 @@ const { BridgeServer } = require('./server');
 const { ShowcaseHandler } = require('./showcase');
 const wire = require('./wire');
 
-module.exports = { BridgeServer, CallContext, Handler, InvalidArguments, ShowcaseHandler, wire };
+module.exports = { BridgeServer, CallContext, Handler, InvalidArguments, NDArray: wire.NDArray, ShowcaseHandler, wire };

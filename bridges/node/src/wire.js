@@ -5,7 +5,12 @@
  * The same rule as every other bridge (see protos/snakepit/bridge/v1/bridge.proto):
  * a Buffer / Uint8Array is lifted into Payload.blobs and replaced by
  * {"__snakepit_bytes__": index}; an object that really is {marker: value} travels
- * as {"__snakepit_escape__": [marker, value]}.
+ * as {"__snakepit_escape__": [marker, value]}. An array of numbers (numpy's, on the
+ * Python side) travels as its raw little-endian buffer in a blob, described by
+ * {"__snakepit_array__": {"dtype": "<f4", "shape": [2, 3], "blob": index}}; it
+ * decodes to an NDArray whose data is the matching TypedArray (Float32Array for
+ * "<f4", BigInt64Array for "<i8", a Buffer for float16), and an NDArray a handler
+ * returns travels the same way.
  *
  * Integers stay integral: JavaScript numbers lose precision past 2^53, so an
  * integer literal outside the safe range decodes to a BigInt, and a BigInt
@@ -17,6 +22,25 @@
 
 const BYTES_KEY = '__snakepit_bytes__';
 const ESCAPE_KEY = '__snakepit_escape__';
+const ARRAY_KEY = '__snakepit_array__';
+const MARKERS = [BYTES_KEY, ESCAPE_KEY, ARRAY_KEY];
+/** The TypedArray of each dtype the wire carries (little-endian; one-byte kinds with "|"). */
+const TYPED = {
+  '|b1': Uint8Array,
+  '|i1': Int8Array,
+  '|u1': Uint8Array,
+  '<i2': Int16Array,
+  '<u2': Uint16Array,
+  '<i4': Int32Array,
+  '<u4': Uint32Array,
+  '<i8': BigInt64Array,
+  '<u8': BigUint64Array,
+  '<f2': null,
+  '<f4': Float32Array,
+  '<f8': Float64Array,
+  '<c8': Float32Array,
+  '<c16': Float64Array,
+};
 const MARKER_TEXT = '"__snakepit_';
 const LONG_DIGITS = /\d{16,}/;
 const STRING_RE = /"(?:[^"\\\u0000-\u001f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*"/y;
@@ -32,6 +56,54 @@ class WireError extends Error {
 }
 
 class NeedsWalk extends Error {}
+
+/**
+ * An n-dimensional array of numbers as the wire carries it: dtype in numpy's notation
+ * ("<f4"), shape (an array of sizes) and data (a TypedArray, or a Buffer of the raw bytes;
+ * complex numbers are pairs of floats).
+ */
+class NDArray {
+  constructor(dtype, shape, data) {
+    if (!Object.prototype.hasOwnProperty.call(TYPED, dtype)) {
+      throw new WireError(`array dtype ${JSON.stringify(dtype)} is not one the wire carries (little-endian b, i, u, f, c)`);
+    }
+    if (!Array.isArray(shape) || !shape.every((n) => Number.isInteger(n) && n >= 0)) {
+      throw new WireError(`array shape ${JSON.stringify(shape)} must be an array of sizes`);
+    }
+    if (!ArrayBuffer.isView(data)) throw new WireError('array data must be a TypedArray or a Buffer');
+    const expected = shape.reduce((a, b) => a * b, 1) * Number(dtype.slice(2));
+    if (expected !== data.byteLength) {
+      throw new WireError(`array of dtype ${dtype} and shape ${JSON.stringify(shape)} needs ${expected} bytes, not ${data.byteLength}`);
+    }
+    this.dtype = dtype;
+    this.shape = shape;
+    this.data = data;
+  }
+
+  /** The raw bytes, without a copy. */
+  bytes() {
+    return Buffer.from(this.data.buffer, this.data.byteOffset, this.data.byteLength);
+  }
+}
+
+function arrayFromBlob(spec, blobs) {
+  if (spec === null || typeof spec !== 'object' || Array.isArray(spec)) {
+    throw new WireError(`array marker must hold dtype, shape and blob, not ${JSON.stringify(spec)}`);
+  }
+  const index = spec.blob;
+  if (!Number.isInteger(index) || index < 0 || index >= blobs.length) {
+    throw new WireError(`array marker points at blob ${JSON.stringify(index)}, but there are ${blobs.length}`);
+  }
+  const raw = Buffer.from(blobs[index]);
+  const Typed = Object.prototype.hasOwnProperty.call(TYPED, spec.dtype) ? TYPED[spec.dtype] : undefined;
+  if (Typed === undefined) return new NDArray(spec.dtype, spec.shape, raw); // refused there, by name
+  if (Typed === null) return new NDArray(spec.dtype, spec.shape, raw);
+  let bytes = raw;
+  if (raw.byteOffset % Typed.BYTES_PER_ELEMENT !== 0) bytes = Buffer.from(Uint8Array.prototype.slice.call(raw));
+  if (raw.byteLength % Typed.BYTES_PER_ELEMENT !== 0) return new NDArray(spec.dtype, spec.shape, raw);
+  const typed = new Typed(bytes.buffer, bytes.byteOffset, bytes.byteLength / Typed.BYTES_PER_ELEMENT);
+  return new NDArray(spec.dtype, spec.shape, typed);
+}
 
 function isBytes(value) {
   return value instanceof Uint8Array; // Buffer is a Uint8Array
@@ -50,7 +122,7 @@ function refuse(value) {
 /** Fast path: JSON.stringify, bailing out to the walk for bytes and BigInts. */
 function fastReplacer(key, value) {
   const original = this[key];
-  if (isBytes(original) || typeof original === 'bigint') throw new NeedsWalk();
+  if (isBytes(original) || typeof original === 'bigint' || original instanceof NDArray) throw new NeedsWalk();
   return checkPlain(value);
 }
 
@@ -75,7 +147,7 @@ function checkPlain(value) {
 /** Slow path: write the JSON text ourselves, lifting bytes and escaping markers. */
 function writeValue(value, blobs, inArray) {
   if (value === null) return 'null';
-  if (value !== undefined && value !== null && typeof value.toJSON === 'function' && !isBytes(value)) {
+  if (value !== undefined && value !== null && typeof value.toJSON === 'function' && !isBytes(value) && !(value instanceof NDArray)) {
     value = value.toJSON();
   }
   switch (typeof value) {
@@ -98,12 +170,17 @@ function writeValue(value, blobs, inArray) {
     blobs.push(Buffer.from(value.buffer, value.byteOffset, value.byteLength));
     return `{"${BYTES_KEY}":${blobs.length - 1}}`;
   }
+  if (value instanceof NDArray) {
+    blobs.push(value.bytes());
+    const spec = { dtype: value.dtype, shape: value.shape, blob: blobs.length - 1 };
+    return `{"${ARRAY_KEY}":${JSON.stringify(spec)}}`;
+  }
   if (Array.isArray(value)) {
     return `[${value.map((item) => writeValue(item, blobs, true)).join(',')}]`;
   }
   checkPlain(value);
   const keys = Object.keys(value).filter((k) => value[k] !== undefined);
-  if (keys.length === 1 && (keys[0] === BYTES_KEY || keys[0] === ESCAPE_KEY)) {
+  if (keys.length === 1 && MARKERS.includes(keys[0])) {
     const inner = writeValue(value[keys[0]], blobs, true);
     return `{"${ESCAPE_KEY}":[${JSON.stringify(keys[0])},${inner}]}`;
   }
@@ -160,6 +237,7 @@ function restore(obj, blobs) {
     }
     return { [pair[0]]: pair[1] };
   }
+  if (keys[0] === ARRAY_KEY) return arrayFromBlob(obj[ARRAY_KEY], blobs);
   return obj;
 }
 
@@ -182,7 +260,7 @@ function decode(data, blobs) {
     if (LONG_DIGITS.test(text)) return new Parser(text, walk).parseDocument();
     if (!walk) return JSON.parse(text);
     return JSON.parse(text, function reviver(key, value) {
-      if (value !== null && typeof value === 'object' && !Array.isArray(value) && !Buffer.isBuffer(value)) {
+      if (value !== null && typeof value === 'object' && !Array.isArray(value) && !Buffer.isBuffer(value) && !(value instanceof NDArray)) {
         return restore(value, blobList);
       }
       return value;
@@ -304,4 +382,4 @@ class Parser {
   }
 }
 
-module.exports = { BYTES_KEY, ESCAPE_KEY, WireError, encode, decode };
+module.exports = { ARRAY_KEY, BYTES_KEY, ESCAPE_KEY, NDArray, WireError, encode, decode };

@@ -10,16 +10,47 @@ module SnakepitBridge
   # Payload.blobs and replaced by {"__snakepit_bytes__": index}; a Hash that
   # really is {marker => value} travels as {"__snakepit_escape__": [marker, value]}.
   # Text is any String in another encoding; it must be valid UTF-8. Integers
-  # stay Integers of any size, Floats stay Floats, nil is null.
+  # stay Integers of any size, Floats stay Floats, nil is null. An array of
+  # numbers (numpy's, on the Python side) travels as its raw little-endian
+  # buffer in a blob, described by
+  # {"__snakepit_array__": {"dtype": "<f4", "shape": [2, 3], "blob": index}};
+  # it decodes to an NDArray (dtype, shape, data: a binary String; read the
+  # numbers with data.unpack('e*') for "<f4"), and an NDArray travels back so.
   module Wire
     BYTES_KEY = '__snakepit_bytes__'
     ESCAPE_KEY = '__snakepit_escape__'
-    MARKERS = [BYTES_KEY, ESCAPE_KEY].freeze
+    ARRAY_KEY = '__snakepit_array__'
+    MARKERS = [BYTES_KEY, ESCAPE_KEY, ARRAY_KEY].freeze
+    DTYPE_RE = /\A(?:\|[bui]1|<[iu][248]|<f[248]|<c(?:8|16))\z/
     MARKER_TEXT = '"__snakepit_'
     MAX_NESTING = 512
 
     # A value cannot be encoded as JSON, or a payload is not valid JSON.
     class WireError < ArgumentError; end
+
+    # An n-dimensional array of numbers as the wire carries it: dtype in numpy's
+    # notation ("<f4"), shape (sizes) and data (the raw little-endian bytes).
+    NDArray = Struct.new(:dtype, :shape, :data) do
+      def initialize(dtype, shape, data)
+        super
+        Wire.check_array(dtype, shape, data)
+      end
+    end
+
+    def self.check_array(dtype, shape, data)
+      unless dtype.is_a?(String) && DTYPE_RE.match?(dtype)
+        raise WireError, "array dtype #{dtype.inspect} is not one the wire carries (little-endian b, i, u, f, c)"
+      end
+      unless shape.is_a?(Array) && shape.all? { |n| n.is_a?(Integer) && n >= 0 }
+        raise WireError, "array shape #{shape.inspect} must be an Array of sizes"
+      end
+      raise WireError, 'array data must be a String of bytes' unless data.is_a?(String)
+
+      expected = shape.reduce(1, :*) * dtype[2..].to_i
+      return if expected == data.bytesize
+
+      raise WireError, "array of dtype #{dtype} and shape #{shape.inspect} needs #{expected} bytes, not #{data.bytesize}"
+    end
 
     module_function
 
@@ -61,6 +92,9 @@ module SnakepitBridge
 
         value
       when Symbol then value.to_s
+      when NDArray
+        blobs << value.data.b
+        { ARRAY_KEY => { 'dtype' => value.dtype, 'shape' => value.shape, 'blob' => blobs.size - 1 } }
       else
         raise WireError, "cannot encode as JSON: a value of type #{value.class} is not JSON serializable"
       end
@@ -119,7 +153,22 @@ module SnakepitBridge
 
         return { pair[0] => pair[1] }
       end
+      return restore_array(obj[ARRAY_KEY], blobs) if obj.key?(ARRAY_KEY)
+
       obj
+    end
+
+    def restore_array(spec, blobs)
+      unless spec.is_a?(Hash) && spec.keys.sort == %w[blob dtype shape]
+        raise WireError, "array marker must hold dtype, shape and blob, not #{spec.inspect}"
+      end
+
+      index = spec['blob']
+      unless index.is_a?(Integer) && index >= 0 && index < blobs.size
+        raise WireError, "array marker points at blob #{index.inspect}, but there are #{blobs.size}"
+      end
+
+      NDArray.new(spec['dtype'], spec['shape'], blobs[index].dup.force_encoding(Encoding::BINARY))
     end
   end
 end

@@ -85,6 +85,7 @@ class Bridge:
         self.slot: Any = None
         self._channel: grpc.Channel | None = None
         self.execute_call: Any = None
+        self.execute_raw: Any = None
         self.batch_call: Any = None
         self.stream_call: Any = None
         self.init_session_call: Any = None
@@ -134,6 +135,8 @@ class Bridge:
                 raise self._fail(f"exited before serving ({describe_status(self.process.reap())})")
         stub = bridge_pb2_grpc.BridgeStub(channel)
         self.execute_call = stub.Execute
+        #: Execute on wire bytes both ways (see ``rpc.execute_request``): big blobs copied once.
+        self.execute_raw = channel.unary_unary("/snakepit.bridge.v1.Bridge/Execute")
         self.batch_call = stub.ExecuteBatch
         self.stream_call = stub.ExecuteStream
         self.init_session_call = stub.InitSession

@@ -49,7 +49,7 @@ from snakepit_celery.errors import (
 from snakepit_celery.failures import Attempts, rpc_failed
 from snakepit_celery.lifecycle import PoolLifecycle
 from snakepit_celery.pool_batch import run_batch
-from snakepit_celery.rpc import decode_payload, encode_payload
+from snakepit_celery.rpc import decode_execute_reply, encode_payload, execute_request
 from snakepit_celery.telemetry import Telemetry
 
 __all__ = ["BridgePool"]
@@ -195,9 +195,10 @@ class BridgePool(PoolLifecycle):
         refused = False
         try:
             hard = self.config.hard_timeout(command, timeout)
-            request = bridge_pb2.ExecuteRequest(
-                command=command,
-                args=encode_payload(args, limit=self._payload_limit),
+            request = execute_request(
+                command,
+                args,
+                limit=self._payload_limit,
                 session_id=session_id or "",
                 timeout=hard,
                 request_id=request_id or "",
@@ -217,7 +218,7 @@ class BridgePool(PoolLifecycle):
                 try:
                     if session_id is not None and session_id not in bridge.sessions:
                         self._init_session(bridge, session_id, hard or None)
-                    reply = bridge.execute_call(request, timeout=hard or None)
+                    reply = bridge.execute_raw(request, timeout=hard or None)
                 except (grpc.RpcError, ValueError) as exc:
                     error = attempts.failed(self, slot, bridge, exc, command, hard)
                 except BaseException:
@@ -225,7 +226,8 @@ class BridgePool(PoolLifecycle):
                     raise
                 else:
                     self._release(slot, bridge)
-                    result = decode_payload(reply.result)
+                    del request  # the reply's blobs are copied out next: one copy fewer alive
+                    result = decode_execute_reply(reply)
                     outcome = "ok"
                     return result
                 if error is not None:

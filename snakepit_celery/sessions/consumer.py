@@ -62,8 +62,9 @@ class QueueSwitch:
         """Use ``consumer`` (on its thread): at start and after a reconnection,
         whose fresh task consumer knows none of the session queues."""
         self.consumer = consumer
-        for queue in list(self._on.values()):
-            self._consume(queue)
+        added = [self._add_queue(queue) for queue in list(self._on.values())]
+        if any(added):
+            self._start_consuming()
         self.apply()
 
     def detach(self) -> None:
@@ -90,7 +91,32 @@ class QueueSwitch:
         consumer.call_soon(self.apply)
 
     def apply(self) -> None:
-        """Run the queued operations in order (called on the consumer's thread)."""
+        """Run the queued operations in order (called on the consumer's thread).
+
+        The queues added are consumed together at the end: kombu's ``consume()``
+        goes over every queue of the consumer, so once per queue would cost a
+        takeover of n sessions n² steps on the event loop.
+        """
+        added: list[threading.Event | None] = []
+        try:
+            self._apply(added)
+        finally:
+            self._flush(added)
+
+    def _flush(self, added: list[threading.Event | None]) -> None:
+        """Consume the queues added so far."""
+        if not added:
+            return
+        try:
+            self._start_consuming()
+        except Exception:
+            log.exception("consuming %d session queue(s) failed", len(added))
+        for done in added:
+            if done is not None:
+                done.set()
+        added.clear()
+
+    def _apply(self, added: list[threading.Event | None]) -> None:
         while True:
             with self._lock:
                 if not self._ops:
@@ -101,8 +127,11 @@ class QueueSwitch:
                     if session_id not in self._on:
                         queue = session_queue(self.prefix, session_id)
                         self._on[session_id] = queue
-                        self._consume(queue)
+                        if self._add_queue(queue):
+                            added.append(done)
+                            done = None  # set once the queue is consumed
                 elif session_id in self._on:
+                    self._flush(added)  # a queue added just before is consumed, then cancelled
                     queue = self._on.pop(session_id)
                     task_consumer = getattr(self.consumer, "task_consumer", None)
                     if task_consumer is not None and task_consumer.consuming_from(queue.name):
@@ -113,11 +142,18 @@ class QueueSwitch:
                 if done is not None:
                     done.set()
 
-    def _consume(self, queue: Any) -> None:
+    def _add_queue(self, queue: Any) -> bool:
+        """Add the queue to the task consumer (consumed by :meth:`_start_consuming`);
+        False when there is no consumer or it consumes the queue already."""
         task_consumer = getattr(self.consumer, "task_consumer", None)
         if task_consumer is None or task_consumer.consuming_from(queue.name):
-            return
+            return False
         # Not through Celery's add_task_queue: its queue table would bind the
         # queue to the default exchange (a _kombu.binding entry on Redis).
         task_consumer.add_queue(queue)
-        task_consumer.consume()
+        return True
+
+    def _start_consuming(self) -> None:
+        task_consumer = getattr(self.consumer, "task_consumer", None)
+        if task_consumer is not None:
+            task_consumer.consume()  # the queues added since the last call

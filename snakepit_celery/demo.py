@@ -2,10 +2,17 @@
 
 Starts a private Redis unless ``SNAKEPIT_BROKER_URL``/``SNAKEPIT_REDIS_URL``
 name one, a real worker subprocess hosting the config's pools, and runs: a
-ping, a compute, a chord over 20 compute calls, and a crash recovery (a bridge
-killed by its pid; the next call still succeeds). Everything it started is
-stopped on the way out, also on Ctrl-C or SIGTERM. Queue names get a private
-prefix, so a demo against a shared broker touches no one else's queues.
+ping, a compute, a chord over 20 compute calls, a session keeping its state on
+one bridge, a stream drawn as a live progress bar (rich), a Node.js call when
+Node.js and the Node.js bridge's packages are there (else a line saying why it
+is skipped), and a crash recovery (a bridge killed by its pid; the next call
+still succeeds). Everything it started is stopped on the way out, also on
+Ctrl-C or SIGTERM. Queue names get a private prefix, so a demo against a shared
+broker touches no one else's queues.
+
+Without ``SNAKEPIT_CONFIG`` the worker hosts the default ``python`` pool and,
+when Node.js can run, a ``node`` pool of one bridge; with it, the file's pools
+(the Node.js call then needs a pool whose adapter is ``node``).
 """
 
 from __future__ import annotations
@@ -17,14 +24,16 @@ import select
 import signal
 import socket
 import sys
+import tempfile
 import time
 import uuid
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from celery import chord, shared_task
 
-from snakepit_celery.config import SnakepitConfig
+from snakepit_celery.config import PoolConfig, SnakepitConfig
 from snakepit_celery.embedded import EmbeddedRedis
 from snakepit_celery.errors import SnakepitError
 from snakepit_celery.workerproc import WorkerFailed, WorkerProcess
@@ -35,6 +44,8 @@ __all__ = ["run_demo", "total"]
 STEP_TIMEOUT = 60.0
 #: Exit status after Ctrl-C or SIGTERM (everything was still stopped).
 EXIT_INTERRUPTED = 130
+#: The stream step: rows, rows per chunk, seconds between chunks (a bar that visibly moves).
+STREAM_ROWS, STREAM_CHUNK_ROWS, STREAM_DELAY = 20_000, 500, 0.05
 
 
 @shared_task(name="snakepit.demo.total")  # type: ignore[untyped-decorator]
@@ -75,10 +86,39 @@ def run_demo() -> int:
             signal.signal(signum, handler)
 
 
+def _node_unavailable() -> str | None:
+    """Why a Node.js pool cannot start here (the adapter's own words), or None when it can."""
+    from snakepit_celery.adapters.node import NodeAdapter
+
+    try:
+        NodeAdapter().command(PoolConfig(name="node", adapter="node"))
+    except SnakepitError as exc:
+        return str(exc).split(": ", 1)[-1]
+    return None
+
+
+def _demo_config(stack: contextlib.ExitStack) -> tuple[dict[str, str], str | None]:
+    """The environment that gives the worker its pools, and why the Node.js call is skipped
+    (None: it is not). The caller's config is read from the same environment."""
+    if os.environ.get("SNAKEPIT_CONFIG"):
+        config = SnakepitConfig.from_env()
+        if any(p.adapter == "node" for p in config.pools):
+            return {}, None
+        return {}, f"the pools of SNAKEPIT_CONFIG={os.environ['SNAKEPIT_CONFIG']} have no node adapter"
+    reason = _node_unavailable()
+    if reason is not None:
+        return {}, reason
+    folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="snakepit-demo-")))
+    path = folder / "demo.toml"
+    path.write_text('[pools.python]\n\n[pools.node]\nadapter = "node"\nsize = 1\n')
+    return {"SNAKEPIT_CONFIG": str(path)}, None
+
+
 def _run(stack: contextlib.ExitStack) -> None:
     from snakepit_celery.api import create_app
 
-    config = SnakepitConfig.from_env()
+    pools_env, node_skipped = _demo_config(stack)
+    config = SnakepitConfig.from_env({**os.environ, **pools_env})
     broker = config.broker_url or config.redis_url
     backend = config.result_backend or config.redis_url
     if backend is None and broker and broker.startswith(("redis://", "rediss://")):
@@ -94,13 +134,18 @@ def _run(stack: contextlib.ExitStack) -> None:
     stack.callback(app.close)
 
     hostname = f"{prefix}@{socket.gethostname()}"
-    env = {"SNAKEPIT_BROKER_URL": broker, "SNAKEPIT_RESULT_BACKEND": backend, "SNAKEPIT_QUEUE_PREFIX": prefix}
+    env = {
+        "SNAKEPIT_BROKER_URL": broker,
+        "SNAKEPIT_RESULT_BACKEND": backend,
+        "SNAKEPIT_QUEUE_PREFIX": prefix,
+        **pools_env,
+    }
     argv = [sys.executable, "-m", "snakepit_celery.cli", "worker", "--include", __name__]
     worker = WorkerProcess(argv=[*argv, "-n", hostname, "--loglevel", "WARNING"], env=env)
     stack.enter_context(worker)
     started = time.monotonic()
     worker.wait_ready(app, hostname, timeout=STEP_TIMEOUT)
-    pools = ", ".join(f"{p.name} ({p.size} {p.adapter} bridges)" for p in config.pools)
+    pools = ", ".join(f"{p.name} ({p.size} {p.adapter} bridge{'s' * (p.size != 1)})" for p in config.pools)
     _say("worker", f"{hostname} (pid {worker.pid}) ready in {time.monotonic() - started:.1f}s: {pools}")
 
     execute = app.tasks["snakepit.execute"]
@@ -118,7 +163,62 @@ def _run(stack: contextlib.ExitStack) -> None:
     squares = chord(header)(callback).get(timeout=STEP_TIMEOUT)
     _say("chord", f"20 compute calls, sum of 1..20 squared = {squares} ({_ms(started)})")
 
+    _session(app, prefix)
+    _stream(app)
+    node = next((p.name for p in config.pools if p.adapter == "node"), None)
+    if node is None:
+        _say("node", f"skipped: {node_skipped}")
+    else:
+        _node_call(app, node)
     _crash_recovery(app, hostname, config)
+
+
+def _session(app: Any, prefix: str) -> None:
+    """Three calls of one session: the bridge keeps its counter between them."""
+    call = app.tasks["snakepit.execute_in_session"]
+    session_id = f"{prefix}-user_1"
+    started = time.monotonic()
+    values = [call.delay(session_id, "set_counter", {"value": 1}).get(timeout=STEP_TIMEOUT)["value"]]
+    for _ in range(2):
+        values.append(call.delay(session_id, "increment_counter", {}).get(timeout=STEP_TIMEOUT)["value"])
+    pids = {call.delay(session_id, "ping", {}).get(timeout=STEP_TIMEOUT)["pid"] for _ in range(2)}
+    counters = " -> ".join(str(v) for v in values)
+    where = f"bridge pid {pids.pop()}" if len(pids) == 1 else f"bridges {sorted(pids)}"
+    _say("session", f"{session_id}: counter {counters}, every call on {where} ({_ms(started)})")
+
+
+def _stream(app: Any) -> None:
+    """A stream command's chunks drawn live as a progress bar (once, at the end, off a terminal)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskProgressColumn, TextColumn
+
+    from snakepit_celery.streaming.caller import stream
+
+    args = {"total_rows": STREAM_ROWS, "chunk_size": STREAM_CHUNK_ROWS, "delay": STREAM_DELAY}
+    started = time.monotonic()
+    chunks = 0
+    columns = (TextColumn("{task.description:<10}"), BarColumn(), MofNCompleteColumn(), TaskProgressColumn())
+    with (
+        Progress(*columns, console=Console(file=sys.stdout)) as progress,
+        stream("process_large_dataset", args, app=app, timeout=STEP_TIMEOUT) as s,
+    ):
+        bar = progress.add_task("rows", total=STREAM_ROWS)
+        for chunk in s:
+            chunks += 1
+            progress.update(bar, completed=chunk["processed_rows"])
+    percent = chunk["progress_percent"]
+    _say("stream", f"{chunks} chunks, {chunk['total_processed']} rows, {percent:.0f}% ({_ms(started)})")
+
+
+def _node_call(app: Any, pool: str) -> None:
+    execute = app.tasks["snakepit.execute"]
+    started = time.monotonic()
+    info = execute.apply_async(("info", {}), kwargs={"pool": pool}).get(timeout=STEP_TIMEOUT)
+    product = execute.apply_async(
+        ("compute", {"operation": "multiply", "a": 6, "b": 7}), kwargs={"pool": pool}
+    ).get(timeout=STEP_TIMEOUT)
+    version = info.get("runtime_version", "?")
+    _say("node", f"Node.js {version} bridge pid {info['pid']}: 6 * 7 = {product['result']} ({_ms(started)})")
 
 
 def _crash_recovery(app: Any, hostname: str, config: SnakepitConfig) -> None:

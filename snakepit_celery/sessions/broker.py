@@ -2,7 +2,7 @@
 
 Three operations, each with a reason:
 
-* ``size``: after releasing an idle session's consumer, the owner looks
+* ``sizes``: after releasing an idle session's consumer, the owner looks
   for calls sent just before (Redis broker only; RabbitMQ keeps consumers).
 * ``delete_if_empty``: an expired session's queue goes, but never with a call
   in it. On Redis one Lua script checks every priority list and deletes them
@@ -32,6 +32,7 @@ import redis
 from celery.utils.functional import maybe_list
 from kombu.serialization import dumps as serialize
 
+from snakepit_celery.sessions.lease import BATCH
 from snakepit_celery.sessions.routing import session_queue
 from snakepit_celery.sessions.wirejson import dumps, loads
 
@@ -139,18 +140,35 @@ class BrokerOps:
         prefix = channel.global_keyprefix or ""
         return [prefix + channel._q_for_pri(name, pri) for pri in dict.fromkeys(channel.priority_steps)]
 
-    def size(self, session_id: str) -> int:
-        """Messages waiting in the session's queue (Redis: every priority)."""
-        queue = session_queue(self.prefix, session_id)
-        name = queue.name
+    def sizes(self, session_ids: list[str]) -> list[int]:
+        """Messages waiting in each session's queue (Redis: every priority, in one
+        round trip per :data:`~snakepit_celery.sessions.lease.BATCH` sessions)."""
+        if not session_ids:
+            return []
+        if not self.is_redis:
+            return [self._declared_size(sid) for sid in session_ids]
         try:
             channel = self.connection.default_channel
-            if self.is_redis:
-                client = self._plain_client(channel)
-                return int(sum(client.llen(k) for k in self._keys(channel, name)))
-            ok = queue.bind(channel).queue_declare(passive=True)
-            return int(ok.message_count)
+            client = self._plain_client(channel)
+            counts = []
+            for start in range(0, len(session_ids), BATCH):
+                chunk = session_ids[start : start + BATCH]
+                keys = [self._keys(channel, session_queue(self.prefix, sid).name) for sid in chunk]
+                with client.pipeline(transaction=False) as pipe:
+                    for key in (k for ks in keys for k in ks):
+                        pipe.llen(key)
+                    lengths = iter(pipe.execute())
+                counts += [sum(next(lengths) for _ in ks) for ks in keys]
+            return counts
         except self.connection.channel_errors:
+            self._reset()
+            return [0] * len(session_ids)
+
+    def _declared_size(self, session_id: str) -> int:
+        try:
+            queue = session_queue(self.prefix, session_id).bind(self.connection.default_channel)
+            return int(queue.queue_declare(passive=True).message_count)
+        except self.connection.channel_errors:  # no such queue: RabbitMQ closed the channel
             self._reset()
             return 0
 

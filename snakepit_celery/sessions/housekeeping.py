@@ -133,10 +133,9 @@ class Housekeeper:
             log.warning("snakepit: worker %s is gone; taking over its %d session(s)", dead, len(sessions))
             # Before anyone consumes these queues again, or a message would run twice.
             restored = self.broker.restore_unacked(sessions)
-            for session_id in sessions:
-                if self.broker.is_redis:
-                    self.recover_lost(session_id, restored.get(session_id, 0))
-                m.leases.adopt(session_id)
+            if self.broker.is_redis:
+                self.recover_lost(sessions, restored)
+            m.leases.adopt(sessions)
 
     def recover_calls(self, dead: str) -> None:
         """Hand the pool calls a dead worker held to the living (its claimer only)."""
@@ -160,29 +159,34 @@ class Housekeeper:
         candidates = self.broker.stale_unacked(m.ledger.pool_queue_prefix, before)
         return self.broker.restore_tags(m.ledger.unheld(candidates))
 
-    def recover_lost(self, session_id: str, restored: int) -> None:
-        """Republish journaled calls of a dead owner's session that are nowhere else."""
+    def recover_lost(self, sessions: list[str], restored: dict[str, int]) -> None:
+        """Republish journaled calls of a dead owner's sessions that are nowhere else.
+
+        Args:
+            sessions: the dead owner's sessions.
+            restored: how many unacked messages were put back, per session.
+        """
         m = self.m
-        journal = m.leases.journal(session_id)
-        if not journal:
+        journals = m.leases.journals(sessions)  # most sessions have none: no more round trips
+        if not journals:
             return
         # Younger entries may belong to callers still between routing and publishing.
         horizon = m.leases.now_ms() - int(m.settings.expiry_grace * 1000)
-        present = self.broker.queued_ids(session_id)
-        pool = m.leases.route_of(session_id).get("pool")
-        lost = []
-        for _seq, routed_ms, task_id, raw in journal:
-            if routed_ms < horizon and task_id not in present:
-                name, args, kwargs, options = read_journal_entry(raw, session_id)
-                kwargs["pool"] = pool
-                lost.append((task_id, name, args, kwargs, options))
-        self.broker.recover_lost(session_id, lost, restored)
+        for session_id, journal in journals.items():
+            present = self.broker.queued_ids(session_id)
+            pool = m.leases.route_of(session_id).get("pool")
+            lost = []
+            for _seq, routed_ms, task_id, raw in journal:
+                if routed_ms < horizon and task_id not in present:
+                    name, args, kwargs, options = read_journal_entry(raw, session_id)
+                    kwargs["pool"] = pool
+                    lost.append((task_id, name, args, kwargs, options))
+            self.broker.recover_lost(session_id, lost, restored.get(session_id, 0))
 
     def adopt_orphans(self) -> None:
         m = self.m
         for pool in m.pools:
-            for session_id in m.leases.orphans(pool):
-                m.leases.adopt(session_id, grace_ms=int(FAILOVER_GRACE * 1000))
+            m.leases.adopt(m.leases.orphans(pool), grace_ms=int(FAILOVER_GRACE * 1000))
 
     # -- idle release ---------------------------------------------------------------------
 
@@ -195,10 +199,11 @@ class Housekeeper:
                 for s in m.sessions.values()
                 if s.consuming and not m.busy(s.session_id) and now - s.last_used > self._idle
             ]
-        for session_id in idle:
-            # Callers that read "inactive" from now on wake us; the cooling checks
-            # catch calls sent by those that read "active" just before.
-            if m.leases.set_active(session_id, m.worker_id, False) is None:
+        # Callers that read "inactive" from now on wake us; the cooling checks
+        # catch calls sent by those that read "active" just before.
+        pools = m.leases.set_active(idle, m.worker_id, False)
+        for session_id, pool in zip(idle, pools, strict=True):
+            if pool is None:
                 m.drop_local(session_id)  # no longer ours
                 continue
             with m.lock:
@@ -219,9 +224,9 @@ class Housekeeper:
                 for s in m.sessions.values()
                 if not s.consuming and s.released_at is not None and now - s.released_at < cooling
             ]
-        for session_id in recent:
-            if self.broker.size(session_id):
-                m.activate(session_id)
+        waiting = [sid for sid, size in zip(recent, self.broker.sizes(recent), strict=True) if size]
+        if waiting:
+            m.activate(waiting)
 
     # -- expiry -----------------------------------------------------------------------------
 
@@ -277,7 +282,7 @@ class Housekeeper:
         if route.get("state") != "closing" or not self.broker.delete_if_empty(session_id):
             # A call came after all: the session lives on.
             m.leases.expire_abort(session_id, m.worker_id)
-            m.activate(session_id)
+            m.activate([session_id])
             return
         m.drop_local(session_id)
         m.leases.forget(session_id, m.worker_id)

@@ -47,230 +47,18 @@ pool), ``failover`` (its owner died; the claimer is restoring its messages),
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["LeaseTable", "Route"]
+from snakepit_celery.sessions import leasescripts as lua
 
-_COMMON = """
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function alive(P, w, now)
-  local dl = redis.call('ZSCORE', P .. ':workers', w)
-  return dl and tonumber(dl) > now
-end
-local function assign(P, sid, pool, now)
-  local rk = P .. ':route:' .. sid
-  local chosen = false
-  for _, w in ipairs(redis.call('ZRANGE', P .. ':load:' .. pool, 0, -1)) do
-    if alive(P, w, now) then chosen = w; break end
-  end
-  if not chosen then
-    redis.call('HSET', rk, 'owner', '', 'pool', pool, 'active', '0', 'state', 'orphan', 'routed_at', now)
-    redis.call('SADD', P .. ':orphans:' .. pool, sid)
-    return false
-  end
-  redis.call('HSET', rk, 'owner', chosen, 'pool', pool, 'active', '0', 'state', 'bound', 'routed_at', now)
-  redis.call('SADD', P .. ':owned:' .. chosen, sid)
-  redis.call('ZINCRBY', P .. ':load:' .. pool, 1, chosen)
-  redis.call('SREM', P .. ':orphans:' .. pool, sid)
-  redis.call('RPUSH', P .. ':wake:' .. chosen, 'bind ' .. sid)
-  return chosen
-end
-"""
+__all__ = ["BATCH", "LeaseTable", "Route"]
 
-# ARGV: prefix, sid, requested pool ('' = the session's or the default), default
-# pool, task id and call JSON to journal ('' = no journal), '1' to keep its place
-# in the send order.  Returns {status, owner, pool}.
-_ROUTE = (
-    _COMMON
-    + """
-local P, sid, want, default = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local now = now_ms()
-local rk = P .. ':route:' .. sid
-local function journal()
-  if ARGV[5] == '' then return end
-  local seq = redis.call('HINCRBY', rk, 'seq', 1)
-  redis.call('HSET', P .. ':calls:' .. sid, ARGV[5], seq .. '|' .. now .. '|' .. ARGV[6])
-  if ARGV[7] == '1' then redis.call('ZADD', P .. ':order:' .. sid, seq, ARGV[5]) end
-end
-local r = redis.call('HMGET', rk, 'owner', 'pool', 'active', 'state')
-if not r[2] then
-  local pool = want ~= '' and want or default
-  local w = assign(P, sid, pool, now)
-  journal()
-  if w then return {'bound', w, pool} end
-  return {'orphan', '', pool}
-end
-if want ~= '' and want ~= r[2] then return {'pool', r[1], r[2]} end
-if r[4] == 'closing' then return {'closing', r[1], r[2]} end
-redis.call('HSET', rk, 'routed_at', now)
-journal()
-if r[4] ~= 'bound' then return {r[4], '', r[2]} end
-if not alive(P, r[1], now) then return {'dead', r[1], r[2]} end
-if r[3] ~= '1' then
-  redis.call('RPUSH', P .. ':wake:' .. r[1], 'wake ' .. sid)
-  return {'woken', r[1], r[2]}
-end
-return {'active', r[1], r[2]}
-"""
-)
-
-# ARGV: prefix, worker id, lease ms, pools csv, first ('1' registers).
-# Returns 1, or 0 when the worker was declared dead (its sessions are gone).
-_HEARTBEAT = """
-local P, w, ttl, pools, first = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], ARGV[5]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local k = P .. ':workers'
-if first ~= '1' and not redis.call('ZSCORE', k, w) then return 0 end
-redis.call('ZADD', k, now + ttl, w)
-if first == '1' then
-  redis.call('HSET', P .. ':worker:' .. w, 'pools', pools)
-  for pool in string.gmatch(pools, '[^,]+') do
-    redis.call('ZADD', P .. ':load:' .. pool, 'NX', 0, w)
-  end
-end
-return 1
-"""
-
-# ARGV: prefix. Read-only: {worker, pools csv, ...} of every worker whose lease is live.
-_LIVE_POOLS = """
-local P = ARGV[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for _, w in ipairs(redis.call('ZRANGEBYSCORE', P .. ':workers', '(' .. now, '+inf')) do
-  out[#out + 1] = w
-  out[#out + 1] = redis.call('HGET', P .. ':worker:' .. w, 'pools') or ''
-end
-return out
-"""
-
-# ARGV: prefix, dead worker id, '1' when it leaves on purpose (skip the deadline check).
-# Returns the sessions it owned (now in state failover), or false.
-_CLAIM = (
-    _COMMON
-    + """
-local P, w, leaving = ARGV[1], ARGV[2], ARGV[3]
-local now = now_ms()
-local dl = redis.call('ZSCORE', P .. ':workers', w)
-if not dl then return false end
-if leaving ~= '1' and tonumber(dl) > now then return false end
-redis.call('ZREM', P .. ':workers', w)
-local sids = redis.call('SMEMBERS', P .. ':owned:' .. w)
-for _, sid in ipairs(sids) do
-  local rk = P .. ':route:' .. sid
-  if redis.call('HGET', rk, 'owner') == w then
-    redis.call('HSET', rk, 'owner', '', 'active', '0', 'state', 'failover', 'failover_at', now)
-    redis.call('SADD', P .. ':orphans:' .. redis.call('HGET', rk, 'pool'), sid)
-  end
-end
-local pools = redis.call('HGET', P .. ':worker:' .. w, 'pools') or ''
-for pool in string.gmatch(pools, '[^,]+') do redis.call('ZREM', P .. ':load:' .. pool, w) end
-redis.call('DEL', P .. ':owned:' .. w, P .. ':wake:' .. w, P .. ':worker:' .. w)
-return sids
-"""
-)
-
-# ARGV: prefix, sid, failover grace ms ('0' = force: the claimer itself).
-# Gives an orphan (or a failover whose claimer vanished) an owner; returns it or false.
-_ADOPT = (
-    _COMMON
-    + """
-local P, sid, grace = ARGV[1], ARGV[2], tonumber(ARGV[3])
-local now = now_ms()
-local rk = P .. ':route:' .. sid
-local r = redis.call('HMGET', rk, 'pool', 'state', 'failover_at')
-if not r[1] then return false end
-if r[2] == 'orphan' or (r[2] == 'failover' and now - tonumber(r[3] or 0) >= grace) then
-  return assign(P, sid, r[1], now)
-end
-if r[2] ~= 'bound' and r[2] ~= 'closing' then
-  redis.call('SADD', P .. ':orphans:' .. r[1], sid)
-end
-return false
-"""
-)
-
-# ARGV: prefix, sid, worker, active ('1'/'0'). Returns the pool when w owns sid.
-_SET_ACTIVE = """
-local rk = ARGV[1] .. ':route:' .. ARGV[2]
-local r = redis.call('HMGET', rk, 'owner', 'state', 'pool')
-if r[1] ~= ARGV[3] or r[2] ~= 'bound' then return false end
-redis.call('HSET', rk, 'active', ARGV[4])
-return r[3]
-"""
-
-# ARGV: prefix, sid, worker, now (s, float), task id, order wait ms ('' = no order
-# check). Checks ownership and the send order, takes the call out of the journal
-# and refreshes the session data's TTL.
-# Returns {'ok'|'missing'|'notmine'|'early', pool, earlier task id}.
-_BEGIN_CALL = """
-local P, sid, w, tid = ARGV[1], ARGV[2], ARGV[3], ARGV[5]
-local r = redis.call('HMGET', P .. ':route:' .. sid, 'owner', 'state', 'pool')
-if r[1] ~= w or r[2] ~= 'bound' then return {'notmine', r[3] or '', ''} end
-local ck, ok = P .. ':calls:' .. sid, P .. ':order:' .. sid
-local mine = redis.call('HGET', ck, tid)
-if mine and ARGV[6] ~= '' then
-  local seq = tonumber(string.match(mine, '^(%d+)|'))
-  local t = redis.call('TIME')
-  local since = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) - tonumber(ARGV[6])
-  for _, e in ipairs(redis.call('ZRANGEBYSCORE', ok, '-inf', '(' .. seq)) do
-    local raw = redis.call('HGET', ck, e)
-    if raw and tonumber(string.match(raw, '^%d+|(%d+)|')) > since then return {'early', r[3], e} end
-    redis.call('ZREM', ok, e)  -- begun, dropped, or waited for long enough
-  end
-end
-redis.call('HDEL', ck, tid)
-redis.call('ZREM', ok, tid)
-local dk = P .. ':session:' .. sid
-local ttl = redis.call('HGET', dk, 'ttl')
-if not ttl then return {'missing', r[3], ''} end
-redis.call('EXPIRE', dk, tonumber(ttl))
-redis.call('ZADD', P .. ':sessions', tonumber(ARGV[4]) + tonumber(ttl), sid)
-return {'ok', r[3], ''}
-"""
-
-# ARGV: prefix, sid, worker, grace ms. Starts closing an expired session.
-_EXPIRE_BEGIN = (
-    _COMMON
-    + """
-local P, sid, w, grace = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
-local rk = P .. ':route:' .. sid
-local r = redis.call('HMGET', rk, 'owner', 'state', 'routed_at')
-if r[1] ~= w or r[2] ~= 'bound' then return 'notmine' end
-if redis.call('EXISTS', P .. ':session:' .. sid) == 1 then return 'alive' end
-if now_ms() - tonumber(r[3] or 0) < grace then return 'recent' end
-redis.call('HSET', rk, 'state', 'closing', 'active', '0')
-return 'closing'
-"""
-)
-
-# ARGV: prefix, sid, worker. A closing session got a call after all: bound again.
-_EXPIRE_ABORT = """
-local rk = ARGV[1] .. ':route:' .. ARGV[2]
-if redis.call('HGET', rk, 'owner') ~= ARGV[3] then return 0 end
-redis.call('HSET', rk, 'state', 'bound', 'active', '0')
-return 1
-"""
-
-# ARGV: prefix, sid, worker. Forgets a closed session entirely (or a session
-# this worker lost), returning 1 if it removed the route.
-_FORGET = """
-local P, sid, w = ARGV[1], ARGV[2], ARGV[3]
-local rk = P .. ':route:' .. sid
-local r = redis.call('HMGET', rk, 'owner', 'pool', 'state')
-redis.call('SREM', P .. ':owned:' .. w, sid)
-if r[1] ~= w then return 0 end
-redis.call('ZINCRBY', P .. ':load:' .. r[2], -1, w)
-redis.call('DEL', rk, P .. ':calls:' .. sid, P .. ':order:' .. sid)
-redis.call('SREM', P .. ':orphans:' .. r[2], sid)
-if r[3] == 'closing' then redis.call('ZREM', P .. ':sessions', sid) end
-return 1
-"""
+#: Sessions one script or pipeline handles at a time in a handover (takeover,
+#: wake-ups, idle release): a round trip per batch rather than per session, and
+#: no script holds Redis for long.
+BATCH = 500
 
 
 @dataclass(frozen=True)
@@ -288,6 +76,11 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _chunks(items: list[str]) -> Iterator[list[str]]:
+    for start in range(0, len(items), BATCH):
+        yield items[start : start + BATCH]
+
+
 class LeaseTable:
     """The Lua scripts over the keys above, for one prefix.
 
@@ -300,16 +93,16 @@ class LeaseTable:
         self.redis = client
         self.prefix = prefix
         reg = client.register_script
-        self._route = reg(_ROUTE)
-        self._heartbeat = reg(_HEARTBEAT)
-        self._claim = reg(_CLAIM)
-        self._adopt = reg(_ADOPT)
-        self._set_active = reg(_SET_ACTIVE)
-        self._begin = reg(_BEGIN_CALL)
-        self._expire_begin = reg(_EXPIRE_BEGIN)
-        self._expire_abort = reg(_EXPIRE_ABORT)
-        self._forget = reg(_FORGET)
-        self._live_pools = reg(_LIVE_POOLS)
+        self._route = reg(lua.ROUTE)
+        self._heartbeat = reg(lua.HEARTBEAT)
+        self._claim = reg(lua.CLAIM)
+        self._adopt = reg(lua.ADOPT)
+        self._set_active = reg(lua.SET_ACTIVE)
+        self._begin = reg(lua.BEGIN_CALL)
+        self._expire_begin = reg(lua.EXPIRE_BEGIN)
+        self._expire_abort = reg(lua.EXPIRE_ABORT)
+        self._forget = reg(lua.FORGET)
+        self._live_pools = reg(lua.LIVE_POOLS)
 
     def key(self, *parts: str) -> str:
         """``<prefix>:part:part``."""
@@ -334,13 +127,24 @@ class LeaseTable:
         status, owner, found = self._route(args=args)
         return Route(_text(status), _text(owner), _text(found))
 
-    def journal(self, session_id: str) -> list[tuple[int, int, str, str]]:
-        """Journaled calls not yet begun: (seq, routed at ms, task id, call JSON), oldest first."""
-        entries = []
-        for task_id, raw in self.redis.hgetall(self.key("calls", session_id)).items():
-            seq, ms, call = _text(raw).split("|", 2)
-            entries.append((int(seq), int(ms), _text(task_id), call))
-        return sorted(entries)
+    def journals(self, session_ids: list[str]) -> dict[str, list[tuple[int, int, str, str]]]:
+        """Journaled calls not yet begun of these sessions, in a round trip per
+        :data:`BATCH`: session id -> (seq, routed at ms, task id, call JSON), oldest
+        first; sessions with none are left out."""
+        found: dict[str, list[tuple[int, int, str, str]]] = {}
+        for chunk in _chunks(session_ids):
+            with self.redis.pipeline(transaction=False) as pipe:
+                for sid in chunk:
+                    pipe.hgetall(self.key("calls", sid))
+                replies = pipe.execute()
+            for sid, calls in zip(chunk, replies, strict=True):
+                if calls:
+                    entries = []
+                    for task_id, raw in calls.items():
+                        seq, ms, call = _text(raw).split("|", 2)
+                        entries.append((int(seq), int(ms), _text(task_id), call))
+                    found[sid] = sorted(entries)
+        return found
 
     def drop_call(self, session_id: str, task_id: str) -> None:
         """Take a call out of the journal: it will not run (publish failed, revoked, duplicate)."""
@@ -392,30 +196,39 @@ class LeaseTable:
             return None
         return [_text(s) for s in found]
 
-    def adopt(self, session_id: str, *, grace_ms: int = 0) -> str | None:
-        """Give an orphan (or a failover older than ``grace_ms``) a live owner."""
-        owner = self._adopt(args=[self.prefix, session_id, grace_ms])
-        return _text(owner) if owner else None
+    def adopt(self, session_ids: list[str], *, grace_ms: int = 0) -> list[str | None]:
+        """Give orphans (or failovers older than ``grace_ms``) a live owner, in a
+        round trip per :data:`BATCH`; the owner chosen for each, or None."""
+        owners: list[str | None] = []
+        for chunk in _chunks(session_ids):
+            owners += [_text(o) if o else None for o in self._adopt(args=[self.prefix, grace_ms, *chunk])]
+        return owners
 
     def orphans(self, pool: str, count: int = 100) -> list[str]:
         """Some sessions of ``pool`` waiting for an owner."""
         return [_text(s) for s in self.redis.srandmember(self.key("orphans", pool), count)]
 
-    def pop_wake(self, worker: str, timeout: float) -> tuple[str, str] | None:
-        """Block up to ``timeout`` s for the next wake-up of ``worker``: (op, sid)."""
-        item = self.redis.blpop([self.key("wake", worker)], timeout=timeout)
-        if item is None:
-            return None
-        op, _, sid = _text(item[1]).partition(" ")
-        return op, sid
+    def pop_wakes(self, worker: str, timeout: float) -> list[tuple[str, str]]:
+        """Block up to ``timeout`` s for wake-ups of ``worker``, then take those
+        waiting behind the first, up to :data:`BATCH`: [(op, sid), ...]."""
+        key = self.key("wake", worker)
+        first = self.redis.blpop([key], timeout=timeout)
+        if first is None:
+            return []
+        items = [first[1], *(self.redis.lpop(key, BATCH - 1) or [])]
+        return [(op, sid) for op, _, sid in (_text(i).partition(" ") for i in items)]
 
     # -- owners ------------------------------------------------------------------
 
-    def set_active(self, session_id: str, worker: str, active: bool) -> str | None:
-        """Record whether ``worker`` consumes the session's queue; its pool, or
-        None when ``worker`` does not own the session."""
-        pool = self._set_active(args=[self.prefix, session_id, worker, "1" if active else "0"])
-        return _text(pool) if pool else None
+    def set_active(self, session_ids: list[str], worker: str, active: bool) -> list[str | None]:
+        """Record whether ``worker`` consumes these sessions' queues, in a round
+        trip per :data:`BATCH`; for each, its pool, or None when ``worker`` does
+        not own it (nothing recorded)."""
+        pools: list[str | None] = []
+        for chunk in _chunks(session_ids):
+            reply = self._set_active(args=[self.prefix, worker, "1" if active else "0", *chunk])
+            pools += [_text(p) if p else None for p in reply]
+        return pools
 
     def begin_call(
         self, session_id: str, worker: str, now: float, task_id: str = "", order_wait_ms: int | None = None
@@ -450,6 +263,5 @@ class LeaseTable:
     def leave(self, worker: str) -> list[str]:
         """A worker stopping on purpose: its sessions become orphans now."""
         sids = self.claim(worker, leaving=True) or []
-        for sid in sids:
-            self.adopt(sid)
+        self.adopt(sids)
         return sids

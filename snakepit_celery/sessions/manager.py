@@ -175,35 +175,47 @@ class SessionManager:
     def _wake_loop(self) -> None:
         while not self.stopping.is_set():
             try:
-                item = self.leases.pop_wake(self.worker_id, timeout=1.0)
+                items = self.leases.pop_wakes(self.worker_id, timeout=1.0)
             except redis.RedisError as exc:
                 log.warning("snakepit: session wake-ups: %s", exc)
                 self.stopping.wait(1.0)
                 continue
-            if item is not None:
-                self.activate(item[1])
+            if items:
+                # A takeover binds thousands at once: handled a batch at a time.
+                self.activate(list(dict.fromkeys(sid for _op, sid in items)))
 
-    def activate(self, session_id: str) -> bool:
-        """Consume the session's queue if this worker owns it; True if it does."""
-        pool = self.leases.set_active(session_id, self.worker_id, True)
-        if pool is None:
-            return False
+    def activate(self, session_ids: list[str]) -> list[str]:
+        """Consume these sessions' queues where this worker owns them; returns those it owns.
+
+        One round trip records them active, one more creates the data of those
+        bound here for the first time (it must exist for expiry to apply), and
+        the consumer adds their queues together.
+        """
+        pools = self.leases.set_active(session_ids, self.worker_id, True)
+        owned = [(sid, pool) for sid, pool in zip(session_ids, pools, strict=True) if pool is not None]
         with self.lock:
-            local = self.sessions.get(session_id)
-            if local is None:
-                local = LocalSession(session_id, pool)
-                self.sessions[session_id] = local
-                # Bound here for the first time: its data must exist for expiry to apply.
-                self.store.create_session(session_id)
-                log.info("snakepit: session %s bound here (pool %s)", session_id, pool)
-            local.last_used = time.monotonic()
-            local.released_at = None
-            if local.consuming:
-                return True
-            local.consuming = True
+            new = [(sid, pool) for sid, pool in owned if sid not in self.sessions]
+        if new:
+            # Before the session is local: expiry must never find it without data.
+            self.store.ensure_sessions([sid for sid, _pool in new])
+            if len(new) == 1:
+                log.info("snakepit: session %s bound here (pool %s)", *new[0])
+            else:
+                log.info("snakepit: %d sessions bound here", len(new))
+        added = []
+        now = time.monotonic()
+        with self.lock:
+            for session_id, pool in owned:
+                local = self.sessions.setdefault(session_id, LocalSession(session_id, pool))
+                local.last_used = now
+                local.released_at = None
+                if not local.consuming:
+                    local.consuming = True
+                    added.append(session_id)
+        for session_id in added:
             log.debug("snakepit: consuming session %s", session_id)
-        self.switch.add(session_id)
-        return True
+            self.switch.add(session_id)
+        return [sid for sid, _pool in owned]
 
     # -- pool threads ------------------------------------------------------------------
 

@@ -79,6 +79,17 @@ def _dumps(value: Any) -> str:
     return str(json.dumps(value))  # type: ignore[no-untyped-call]
 
 
+def _new_doc(session_id: str, ttl: int, metadata: dict[str, Any] | None, now: float) -> Session:
+    return {
+        "id": session_id,
+        "created_at": now,
+        "last_accessed": now,
+        "ttl": ttl,
+        "metadata": dict(metadata or {}),
+        "programs": {},
+    }
+
+
 def _loads(raw: bytes | str) -> Any:
     return json.loads(raw)  # type: ignore[no-untyped-call]
 
@@ -146,14 +157,7 @@ class SessionStore:
         if ttl <= 0:
             raise SessionError(f"ttl of session {session_id!r} must be > 0 seconds, not {ttl}")
         now = time.time()
-        doc = {
-            "id": session_id,
-            "created_at": now,
-            "last_accessed": now,
-            "ttl": ttl,
-            "metadata": dict(metadata or {}),
-            "programs": {},
-        }
+        doc = _new_doc(session_id, ttl, metadata, now)
         created = self._create(keys=[key, self._index], args=[session_id, _dumps(doc), ttl, now])
         if not created:
             existing = self.get_session(session_id)
@@ -161,6 +165,18 @@ class SessionStore:
                 return existing
             return self.create_session(session_id, ttl=ttl, metadata=metadata)  # expired meanwhile
         return doc
+
+    def ensure_sessions(self, session_ids: list[str]) -> None:
+        """Create these sessions with the default TTL, or restart the TTL of those
+        that exist, in two round trips (a worker binding many sessions at once)."""
+        now = time.time()
+        with self.redis.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                doc = _new_doc(session_id, self.default_ttl, None, now)
+                args: list[Any] = [session_id, _dumps(doc), self.default_ttl, now]
+                self._create(keys=[self._key(session_id), self._index], args=args, client=pipe)
+            created = pipe.execute()
+        self.keep_alive([sid for sid, made in zip(session_ids, created, strict=True) if not made])
 
     def get_session(self, session_id: str) -> Session | None:
         """The session's data, or None when it does not exist; refreshes its TTL."""

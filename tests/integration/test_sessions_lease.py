@@ -11,7 +11,7 @@ from kombu import Connection, Consumer, Producer
 from kombu.utils import json
 
 from snakepit_celery.errors import InvalidArguments, InvalidSessionId
-from snakepit_celery.sessions.lease import LeaseTable
+from snakepit_celery.sessions.lease import BATCH, LeaseTable
 from snakepit_celery.sessions.ordering import SessionLines
 from snakepit_celery.sessions.routing import parse_call, session_queue
 
@@ -48,7 +48,7 @@ def test_new_session_binds_to_a_live_worker_and_wakes_it(table: LeaseTable) -> N
     assert table.owned("w1") == {"s1"}
     # Not consuming yet: the next call wakes the owner again.
     assert table.route("s1", None, "python").status == "woken"
-    assert table.set_active("s1", "w1", True) == "python"
+    assert table.set_active(["s1", "s2"], "w1", True) == ["python", None]
     again = table.route("s1", "python", "python")
     assert (again.status, again.owner) == ("active", "w1")
 
@@ -95,7 +95,7 @@ def test_without_a_live_worker_a_session_waits_as_an_orphan(table: LeaseTable) -
     assert table.route("s1", None, "python").status == "orphan"
     register(table, "w1")
     assert table.orphans("python") == ["s1"]
-    assert table.adopt("s1") == "w1"
+    assert table.adopt(["s1"]) == ["w1"]
     assert table.orphans("python") == []
     assert table.route_of("s1")["state"] == "bound"
 
@@ -124,13 +124,44 @@ def test_a_dead_worker_is_claimed_once_and_its_sessions_move(table: LeaseTable) 
     # While in failover a caller's call just waits in the queue.
     assert table.route("s0", None, "python").status == "failover"
     # Other workers leave a fresh failover to its claimer...
-    assert table.adopt("s0", grace_ms=60_000) is None
+    assert table.adopt(["s0"], grace_ms=60_000) == [None]
     # ...which hands the sessions out.
-    owners = [table.adopt(f"s{i}") for i in range(4)]
+    owners = table.adopt([f"s{i}" for i in range(4)])
     assert sorted(owners) == ["w1", "w1", "w2", "w2"]
     assert not table.redis.exists(table.key("owned", "dead"), table.key("wake", "dead"))
     # The dead one, should it come back, learns it lost everything.
     assert table.heartbeat("dead", ["python"], 60_000) is False
+
+
+def test_a_takeover_of_more_sessions_than_a_batch_moves_them_all(table: LeaseTable) -> None:
+    """Handovers go a batch of sessions per round trip: more than one batch still
+    moves every session once, spread over the living, and wakes each new owner."""
+    n = 2 * BATCH + 7
+    register(table, "dead", lease_ms=150)
+    sids = [f"b{i}" for i in range(n)]
+    for sid in sids:
+        table.route(sid, None, "python", task_id=f"t-{sid}", call="{}")
+    register(table, "w1")
+    register(table, "w2")
+    assert wait_for(lambda: table.dead_workers() == ["dead"])
+    claimed = table.claim("dead")
+    assert claimed is not None and sorted(claimed) == sorted(sids)
+    journals = table.journals([*claimed, "nosuch"])
+    assert set(journals) == set(sids)
+    assert all(len(j) == 1 and j[0][2] == f"t-{sid}" for sid, j in journals.items())
+    owners = table.adopt(claimed)
+    assert len(owners) == n and set(owners) == {"w1", "w2"}
+    assert abs(owners.count("w1") - owners.count("w2")) <= 1
+    assert table.owned("w1") | table.owned("w2") == set(sids)
+    # Each owner's wake-ups come a batch at a time, every session once.
+    for worker in ("w1", "w2"):
+        woken: list[str] = []
+        while batch := table.pop_wakes(worker, timeout=0.1):
+            assert len(batch) <= BATCH
+            woken += [sid for op, sid in batch if op == "bind"]
+        assert sorted(woken) == sorted(table.owned(worker))
+    pools = table.set_active(sids, "w1", True)
+    assert [p is not None for p in pools] == [sid in table.owned("w1") for sid in sids]
 
 
 def test_leaving_hands_sessions_over_at_once(table: LeaseTable) -> None:
@@ -307,7 +338,7 @@ def test_restore_unacked_puts_a_dead_owners_messages_back_in_order(redis_url: st
         ops = BrokerOps(_App(redis_url), P)
         try:
             assert ops.restore_unacked(["s1", "other"]) == {"s1": 3}
-            assert ops.size("s1") == 5
+            assert ops.sizes(["s1"]) == [5]
             assert ops.delete_if_empty("s1") is False
         finally:
             ops.close()
@@ -335,7 +366,7 @@ def test_delete_if_empty_leaves_no_key(redis_url: str) -> None:
         assert client.keys("_kombu.binding.*")
         ops = BrokerOps(_App(redis_url), P)
         try:
-            assert ops.size("s2") == 1
+            assert ops.sizes(["s2", "nosuch"]) == [1, 0]
             assert ops.delete_if_empty("s2") is False
             msg = conn.SimpleQueue(queue).get(timeout=2)
             msg.ack()

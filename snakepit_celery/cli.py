@@ -5,11 +5,15 @@
     snakepit-celery worker [--config FILE] [--broker URL] [celery worker options...]
     snakepit-celery demo
     snakepit-celery status [--config FILE] [--broker URL] [--json] [--timeout S]
+    snakepit-celery status --watch [--interval S] [--timeout S]
 
 A bad config is refused before anything starts, with the field named and
 exit status 2. ``status`` also lists the config's pools that no live worker
 hosts (a table row saying ``no live worker``, and ``"no_live_worker"`` in
 ``--json``): calls to them wait in their queue until a worker hosting them starts.
+``status --watch`` redraws the table in place (rich's ``Live``) every
+``--interval`` seconds after the replies' ``--timeout``, until Ctrl-C (exit 0);
+off a terminal it prints each new table below the last one instead.
 """
 
 from __future__ import annotations
@@ -51,8 +55,23 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="live pool stats of every worker")
     common(status)
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    status.add_argument("--timeout", type=float, default=1.0, help="seconds to wait for replies")
+    status.add_argument("--timeout", type=_seconds, default=1.0, help="seconds to wait for replies")
+    status.add_argument("--watch", action="store_true", help="redraw a live table until Ctrl-C")
+    status.add_argument(
+        "--interval", type=_seconds, default=2.0, help="with --watch: seconds between two tables (2)"
+    )
     return parser
+
+
+def _seconds(raw: str) -> float:
+    """A positive number of seconds (argparse reports the error with the option's name)."""
+    try:
+        value = float(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{raw!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{raw!r} must be > 0 seconds")
+    return value
 
 
 def _load_config(ns: argparse.Namespace) -> SnakepitConfig:
@@ -81,6 +100,16 @@ def cmd_status(ns: argparse.Namespace) -> int:
 
     config = _load_config(ns)
     app = create_app(config)
+    if ns.watch and ns.json:
+        print("snakepit-celery: status --watch draws a table; --json prints once", file=sys.stderr)
+        return EXIT_CONFIG
+    if ns.watch:
+        from snakepit_celery.cli_watch import watch_status
+
+        try:
+            return watch_status(app, config, interval=ns.interval, timeout=ns.timeout)
+        finally:
+            app.close()
     try:
         stats = status_of(app, config, timeout=ns.timeout)
     finally:
@@ -133,6 +162,16 @@ def _cell(value: Any) -> str:
 def format_status(stats: dict[str, Any]) -> str:
     """The table ``status`` prints: one row per pool of each worker, a row per configured
     pool that no live worker hosts (``no live worker``), then the totals."""
+    rows = status_rows(stats)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    )
+
+
+def status_rows(stats: dict[str, Any]) -> list[list[str]]:
+    """The cells of the status table: the header, a row per pool of each worker, a row per
+    configured pool no live worker hosts, and the totals last (the text and live tables')."""
     rows: list[list[str]] = [["WORKER", *(h for h, _ in _COLUMNS)]]
     for hostname, node in stats["nodes"].items():
         for pool in node.get("pools", {}).values():
@@ -141,10 +180,7 @@ def format_status(stats: dict[str, Any]) -> str:
         rows.append(["(no live worker)", name, *("" for _ in _COLUMNS[1:])])
     total = {h: _cell(stats[k]) for h, k in _COLUMNS if k in stats}
     rows.append([f"total ({len(stats['nodes'])} workers)", *(total.get(h, "") for h, _ in _COLUMNS)])
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join(
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in rows
-    )
+    return rows
 
 
 def main(argv: Sequence[str] | None = None) -> int:

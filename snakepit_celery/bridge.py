@@ -158,8 +158,10 @@ class Bridge:
         self.sessions.discard(session_id)
         return bool(reply.existed)
 
-    def open_stream(self, request: bridge_pb2.ExecuteRequest, timeout: float | None) -> Iterator[Any]:
-        return self.stream_call(request, timeout=timeout)  # type: ignore[no-any-return]
+    def open_stream(
+        self, request: bridge_pb2.ExecuteRequest, timeout: float | None, metadata: Any = None
+    ) -> Iterator[Any]:
+        return self.stream_call(request, timeout=timeout, metadata=metadata)  # type: ignore[no-any-return]
 
     def active_calls(self, timeout: float) -> int | None:
         """Calls whose command still runs on the bridge (Describe), or None if it did not answer.

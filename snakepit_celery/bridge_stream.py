@@ -25,6 +25,7 @@ import grpc
 from snakepit_bridge._proto import bridge_pb2
 
 from snakepit_celery.rpc import decode_payload
+from snakepit_celery.telemetry import NO_TRACE, CallTrace
 
 if TYPE_CHECKING:
     from snakepit_celery.bridge import Bridge
@@ -85,7 +86,14 @@ class BridgeStream:
     """Iterate for lists of decoded chunks; ``cancel()`` or leave the ``with`` block to stop."""
 
     def __init__(
-        self, pool: BridgePool, slot: Slot, request: bridge_pb2.ExecuteRequest, *, hard: float, started: float
+        self,
+        pool: BridgePool,
+        slot: Slot,
+        request: bridge_pb2.ExecuteRequest,
+        *,
+        hard: float,
+        started: float,
+        trace: CallTrace = NO_TRACE,
     ) -> None:
         self._pool = pool
         self._slot = slot
@@ -101,14 +109,16 @@ class BridgeStream:
         #: Chunks delivered so far.
         self.chunks = 0
         self._call: Any = None
+        self._trace = trace
+        trace.checked_out(bridge.pid)
         try:
             if self._session_id is not None and self._session_id not in bridge.sessions:
                 pool._init_session(bridge, self._session_id, hard or None)
-            self._call = bridge.open_stream(request, timeout=hard or None)
+            self._call = bridge.open_stream(request, timeout=hard or None, metadata=trace.metadata)
         except grpc.RpcError as exc:
             self._fail(exc)
-        except BaseException:
-            self._finish("error", release=True, failed=True)
+        except BaseException as exc:
+            self._finish("error", release=True, failed=True, error=exc)
             raise
 
     def _fail(self, exc: grpc.RpcError) -> None:
@@ -119,13 +129,16 @@ class BridgeStream:
             self._pool, self._slot, self._bridge, exc, self.command, self._hard, cancelled=self._cancelled
         )
 
-        self._finish(_OUTCOME.get(type(error), "error"), release=False)
+        self._finish(_OUTCOME.get(type(error), "error"), release=False, error=error)
         raise error from None
 
-    def _finish(self, outcome: str, *, release: bool, failed: bool = False) -> None:
+    def _finish(
+        self, outcome: str, *, release: bool, failed: bool = False, error: BaseException | None = None
+    ) -> None:
         if self._done:
             return
         self._done = True
+        self._trace.end(outcome, error)
         if release:
             self._pool._release(self._slot, self._bridge, failed=failed)
         self._pool.telemetry.stream_chunks(pool=self._pool.name, command=self.command, count=self.chunks)
@@ -147,6 +160,7 @@ class BridgeStream:
             raise  # unreachable: _fail raises
         chunks = [decode_payload(chunk, what="stream chunk") for chunk in message.chunks]
         self.chunks += len(chunks)
+        self._trace.chunks(len(chunks))
         return chunks
 
     def cancel(self) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from snakepit_celery import tracing
 from snakepit_celery.errors import ConfigurationError
 from snakepit_celery.signals import SignalTelemetry
-from snakepit_celery.telemetry import Telemetry
+from snakepit_celery.telemetry import CallTrace, Telemetry
 
 if TYPE_CHECKING:
     from snakepit_celery.config import SnakepitConfig
@@ -137,3 +138,11 @@ class WorkerTelemetry(Telemetry):
                 sink.stream_chunks(pool=pool, command=command, count=count)
             except Exception:
                 logger.exception("snakepit: telemetry sink %r failed", sink)
+
+    def trace_call(
+        self, *, pool: str, command: str, kind: str, session_id: str | None, request_id: str | None
+    ) -> CallTrace:
+        """OpenTelemetry spans when an SDK is configured in the worker (see :mod:`.tracing`)."""
+        return tracing.trace_call(
+            pool=pool, command=command, kind=kind, session_id=session_id, request_id=request_id
+        )

@@ -191,8 +191,12 @@ class BridgePool(PoolLifecycle):
         """
         started = time.monotonic()
         outcome = "error"
+        error: BaseException | None = None
         after: Callable[[], None] | None = None
         refused = False
+        trace = self.telemetry.trace_call(
+            pool=self.name, command=command, kind="execute", session_id=session_id, request_id=request_id
+        )
         try:
             hard = self.config.hard_timeout(command, timeout)
             request = execute_request(
@@ -207,6 +211,7 @@ class BridgePool(PoolLifecycle):
             while True:
                 slot = self._checkout(session_id)
                 bridge: Bridge = slot.bridge  # type: ignore[assignment]
+                trace.checked_out(bridge.pid)
                 if on_begin is not None:
                     begin, on_begin = on_begin, None  # a retry on another bridge is the same call
                     try:
@@ -218,7 +223,7 @@ class BridgePool(PoolLifecycle):
                 try:
                     if session_id is not None and session_id not in bridge.sessions:
                         self._init_session(bridge, session_id, hard or None)
-                    reply = bridge.execute_raw(request, timeout=hard or None)
+                    reply = bridge.execute_raw(request, timeout=hard or None, metadata=trace.metadata)
                 except (grpc.RpcError, ValueError) as exc:
                     error = attempts.failed(self, slot, bridge, exc, command, hard)
                 except BaseException:
@@ -232,12 +237,15 @@ class BridgePool(PoolLifecycle):
                     return result
                 if error is not None:
                     raise error from None
-        except SnakepitError as exc:
-            outcome = _OUTCOME.get(type(exc), "error")
+        except BaseException as exc:
+            error = exc
+            if isinstance(exc, SnakepitError):
+                outcome = _OUTCOME.get(type(exc), "error")
             raise
         finally:
             if after is not None:
                 after()
+            trace.end(outcome, error)
             if not refused:
                 self._finished(command, started, outcome, session_id, request_id)
 
@@ -267,12 +275,18 @@ class BridgePool(PoolLifecycle):
             request_id=request_id or "",
         )
         started = time.monotonic()
+        trace = self.telemetry.trace_call(
+            pool=self.name, command=command, kind="stream", session_id=session_id, request_id=request_id
+        )
         try:
             slot = self._checkout(session_id)
-        except SnakepitError as exc:
-            self._finished(command, started, _OUTCOME.get(type(exc), "error"), session_id, request_id)
+        except BaseException as exc:
+            outcome = _OUTCOME.get(type(exc), "error") if isinstance(exc, SnakepitError) else "error"
+            trace.end(outcome, exc)
+            if isinstance(exc, SnakepitError):
+                self._finished(command, started, outcome, session_id, request_id)
             raise
-        return BridgeStream(self, slot, request, hard=hard, started=started)
+        return BridgeStream(self, slot, request, hard=hard, started=started, trace=trace)
 
     # -- sessions --------------------------------------------------------------
 

@@ -88,6 +88,9 @@ class _BatchRun:
         # Outcomes recorded on the bridge now borrowed, and of those, failures (its stats).
         self.recorded = 0
         self.failed = 0
+        self.trace = pool.telemetry.trace_call(
+            pool=pool.name, command=command, kind="batch", session_id=session_id, request_id=request_id
+        )
 
     # -- on one bridge ---------------------------------------------------------
 
@@ -108,7 +111,9 @@ class _BatchRun:
             )
             self.last_timeout = self.hard * len(group)
             try:
-                reply = bridge.batch_call(request, timeout=self.last_timeout or None)
+                reply = bridge.batch_call(
+                    request, timeout=self.last_timeout or None, metadata=self.trace.metadata
+                )
             except grpc.RpcError as exc:
                 if not (hasattr(exc, "code") and exc.code() == grpc.StatusCode.UNIMPLEMENTED):
                     raise
@@ -149,7 +154,7 @@ class _BatchRun:
                 request_id=self.request_id or "",
             )
             try:
-                reply = bridge.execute_call(request, timeout=self.hard or None)
+                reply = bridge.execute_call(request, timeout=self.hard or None, metadata=self.trace.metadata)
             except grpc.RpcError as exc:
                 mapped = map_rpc_error(exc, command=self.command, limit=limit)
                 if mapped is None:
@@ -192,6 +197,7 @@ class _BatchRun:
         while self.next < len(self.todo) and not self.stopped:
             slot = pool._checkout(self.session_id)
             bridge: Bridge = slot.bridge  # type: ignore[assignment]
+            self.trace.checked_out(bridge.pid)
             try:
                 if self.session_id is not None and self.session_id not in bridge.sessions:
                     pool._init_session(bridge, self.session_id, self.hard or None)
@@ -287,6 +293,7 @@ def run_batch(
         raised = exc
         raise
     finally:
+        run.trace.end(*_trace_outcome(out, raised))
         elapsed = time.monotonic() - started
         _report(pool, command, out, raised, len(todo), elapsed, session_id, request_id)
     results: list[ItemResult] = []
@@ -297,6 +304,16 @@ def run_batch(
         if stop_on_error and not result.ok:
             break
     return results
+
+
+def _trace_outcome(
+    out: list[ItemResult | None], raised: SnakepitError | None
+) -> tuple[str, BaseException | None]:
+    """The batch's outcome for its trace: the call's error, else its first failed item's."""
+    from snakepit_celery.pool import _OUTCOME  # NOTE: pool imports this module
+
+    failed = raised or next((r.value for r in out if r is not None and not r.ok), None)
+    return ("ok", None) if failed is None else (_OUTCOME.get(type(failed), "error"), failed)
 
 
 def _report(

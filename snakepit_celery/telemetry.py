@@ -7,14 +7,48 @@ subclasses it to send Celery-style signals and Prometheus metrics.
 
 Hooks run on the caller's thread (or the pool's supervisor thread for
 ``bridge_*``): keep them quick and never raise from them.
+
+:meth:`Telemetry.trace_call` is how tracing reaches the pool without the pool
+knowing any tracing library: it returns a :class:`CallTrace` for the call,
+told when the call got its bridge and when it ended, whose ``metadata`` goes
+with the gRPC call (a W3C ``traceparent``). The base hands out one shared
+no-op trace, so an untraced call costs a few method calls
+(:mod:`snakepit_celery.tracing` has the OpenTelemetry one).
 """
 
 from __future__ import annotations
 
-__all__ = ["OUTCOMES", "Telemetry"]
+__all__ = ["NO_TRACE", "OUTCOMES", "CallTrace", "Telemetry"]
 
 #: The ``outcome`` values of :meth:`Telemetry.request_finished`.
 OUTCOMES = ("ok", "error", "timeout", "crashed", "queue_timeout", "saturated", "cancelled")
+
+
+class CallTrace:
+    """The tracing of one pool call; every method is a no-op here.
+
+    The pool calls :meth:`checked_out` each time the call gets a bridge (again
+    on a retry), sends :attr:`metadata` with the gRPC call, reports a stream's
+    chunks with :meth:`chunks` and ends with exactly one :meth:`end`.
+    """
+
+    __slots__ = ()
+
+    #: gRPC metadata for the bridge call (the trace context), or None for none.
+    metadata: tuple[tuple[str, str], ...] | None = None
+
+    def checked_out(self, pid: int) -> None:
+        """The call has a bridge (process ``pid``): the wait is over, the bridge call begins."""
+
+    def chunks(self, count: int) -> None:
+        """A stream delivered ``count`` more chunks."""
+
+    def end(self, outcome: str, error: BaseException | None = None) -> None:
+        """The call is over; ``outcome`` is one of :data:`OUTCOMES`, ``error`` what it raised."""
+
+
+#: The trace of every call that nobody traces.
+NO_TRACE = CallTrace()
 
 
 class Telemetry:
@@ -43,3 +77,12 @@ class Telemetry:
 
     def stream_chunks(self, *, pool: str, command: str, count: int) -> None:
         """A stream call ended after delivering ``count`` chunks."""
+
+    def trace_call(
+        self, *, pool: str, command: str, kind: str, session_id: str | None, request_id: str | None
+    ) -> CallTrace:
+        """The trace of a call about to wait for a bridge (``kind``: execute, stream or batch).
+
+        Called on the caller's thread, whose tracing context is the call's parent.
+        """
+        return NO_TRACE

@@ -33,6 +33,7 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from snakepit_celery import tracing
 from snakepit_celery.batch.items import Batch
 from snakepit_celery.errors import InfrastructureError, PoolClosed
 
@@ -75,6 +76,8 @@ class BatchCall:
         self.session_id = session_id
         self.request_id = request_id
         self.idempotent = idempotent
+        #: The sender's tracing context: the slices run on the pool's batch threads.
+        self.traced = tracing.capture()
 
     def run_one(self, pool: BridgePool) -> bool:
         """Run the batch's next slice; False when it has no item left to claim.
@@ -91,15 +94,16 @@ class BatchCall:
         try:
             stop_on_error = not batch.return_exceptions
             try:
-                results = pool.execute_batch(
-                    self.command,
-                    batch.items[claimed.start : claimed.stop],
-                    timeout=self.timeout,
-                    session_id=self.session_id,
-                    request_id=self.request_id,
-                    stop_on_error=stop_on_error,
-                    idempotent=self.idempotent,
-                )
+                with tracing.attached(self.traced):
+                    results = pool.execute_batch(
+                        self.command,
+                        batch.items[claimed.start : claimed.stop],
+                        timeout=self.timeout,
+                        session_id=self.session_id,
+                        request_id=self.request_id,
+                        stop_on_error=stop_on_error,
+                        idempotent=self.idempotent,
+                    )
             except Exception as exc:  # the slice's call failed as a whole: its items' error
                 for index in claimed[:1] if stop_on_error else claimed:
                     batch.finish(index, exc=exc)

@@ -30,6 +30,7 @@ from celery import Celery, Task, shared_task, signals, states
 from celery.exceptions import Ignore
 from celery.worker import state as worker_state
 
+from snakepit_celery import tracing
 from snakepit_celery.api import config_for, resolve_redis_url
 from snakepit_celery.errors import SnakepitError, StreamError, WorkerLost
 from snakepit_celery.recovery import begin_now
@@ -104,10 +105,13 @@ def execute_stream(
         _end_early(self.app, task_id, Outcome("error", 0, error=error))
         raise
 
+    traced = tracing.capture()  # the relay opens the source on a thread of its own
+
     def open_source() -> ChunkSource:
         # Inside the relay, so an unknown pool or a full queue becomes the stream's final error.
         target = current_host().pool(pool)
-        return target.stream(command, args, timeout=timeout, session_id=session_id, request_id=task_id)
+        with tracing.attached(traced):
+            return target.stream(command, args, timeout=timeout, session_id=session_id, request_id=task_id)
 
     # A session's stream is a session call: it runs in its turn, on the session's owner.
     with nullcontext() if session_id is None else session_turn(self, session_id):

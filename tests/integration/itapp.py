@@ -60,3 +60,9 @@ if "IT_PREFIX" in os.environ:
     )
     if os.environ.get("IT_TRANSPORT_OPTIONS"):  # e.g. a short visibility_timeout (test_batch_recovery)
         app.conf.broker_transport_options = json.loads(os.environ["IT_TRANSPORT_OPTIONS"])
+    if os.environ.get("SNAKEPIT_OTEL_TEST_DIR"):  # the tracing tests: the SDK and Celery's instrumentation
+        import otel_testing
+        from opentelemetry.instrumentation.celery import CeleryInstrumentor
+
+        otel_testing.setup("worker")
+        CeleryInstrumentor().instrument()

@@ -23,6 +23,7 @@ const { BridgeError, Kind, classify, invalidArguments, toStatus } = require('./e
 const { HealthService, NOT_SERVING, SERVING } = require('./health');
 const { BATCH_BYTES, closeIterator, pump } = require('./streams');
 const { runBatch } = require('./batch');
+const tracing = require('./tracing');
 const wire = require('./wire');
 
 const PROTOCOL_VERSION = '1';
@@ -318,10 +319,14 @@ class BridgeServer {
     const controller = this.track(call);
     this.handler.stats.requests += 1;
     this.active += 1;
+    const traced = tracing.start('Execute', call.request, call);
     try {
       const { spec, args, ctx } = await this.prepare(call.request, controller.signal, true, callDeadline(call));
-      callback(null, { result: await this.invoke(spec, args, ctx) });
+      const result = await tracing.run(traced, () => this.invoke(spec, args, ctx));
+      tracing.end(traced);
+      callback(null, { result });
     } catch (err) {
+      tracing.fail(traced, classify(err));
       callback(this.fail(err));
     } finally {
       this.inflight.delete(controller);
@@ -334,9 +339,14 @@ class BridgeServer {
   async executeBatch(call, callback) {
     const controller = this.track(call);
     this.active += 1;
+    const traced = tracing.start('ExecuteBatch', call.request, call);
     try {
-      callback(null, await runBatch(this, call.request, controller.signal, callDeadline(call)));
+      const reply = await tracing.run(traced, () => runBatch(this, call.request, controller.signal, callDeadline(call)));
+      const failed = reply.results.filter((item) => !item.ok).length;
+      tracing.end(traced, failed ? 'error' : 'ok', { 'snakepit.batch.items': reply.results.length, 'snakepit.batch.failed': failed });
+      callback(null, reply);
     } catch (err) {
+      tracing.fail(traced, classify(err));
       callback(this.fail(err));
     } finally {
       this.inflight.delete(controller);
@@ -353,33 +363,41 @@ class BridgeServer {
     let iterator = null;
     let finished = false;
     let name = null;
+    const traced = tracing.start('ExecuteStream', call.request, call);
     try {
       const { spec, args, ctx } = await this.prepare(call.request, signal, false, callDeadline(call));
       name = spec.name;
       if (!spec.stream) {
         // A unary command streamed: its result is the one chunk.
-        call.write({ chunks: [await this.invoke(spec, args, ctx)] });
+        call.write({ chunks: [await tracing.run(traced, () => this.invoke(spec, args, ctx))] });
+        tracing.chunk(traced);
         finished = true;
       } else {
         stats.streamsStarted += 1;
         let produced;
         try {
-          produced = spec.fn(args, ctx);
+          produced = tracing.run(traced, () => spec.fn(args, ctx));
         } catch (err) {
           throw classify(err, spec.name);
         }
         if (produced && typeof produced[Symbol.asyncIterator] === 'function') iterator = produced[Symbol.asyncIterator]();
         else if (produced && typeof produced[Symbol.iterator] === 'function') iterator = produced[Symbol.iterator]();
         else throw new BridgeError(Kind.COMMAND_ERROR, 'TypeError', `stream command '${spec.name}' returned ${describeType(produced)}, not an iterable`);
-        const encode = (value) => this.encodeValue(value, `a chunk of command '${spec.name}'`);
+        const encode = (value) => {
+          tracing.chunk(traced);
+          return this.encodeValue(value, `a chunk of command '${spec.name}'`);
+        };
         const limit = Math.min(BATCH_BYTES, this.maxMessageBytes);
-        finished = await pump(call, iterator, signal, encode, limit);
+        finished = await tracing.run(traced, () => pump(call, iterator, signal, encode, limit));
         if (finished) stats.streamsClosed += 1;
       }
       if (finished) call.end();
       else if (!call.cancelled) throw new BridgeError(Kind.CANCELLED, 'CancelledError', 'the bridge is shutting down');
+      if (traced !== null) tracing.end(traced, finished ? 'ok' : 'cancelled', { 'snakepit.chunks': traced.chunks });
     } catch (err) {
-      if (!call.cancelled) call.emit('error', this.fail(classify(err, name)));
+      const failure = classify(err, name);
+      if (traced !== null) tracing.fail(traced, failure, { 'snakepit.chunks': traced.chunks });
+      if (!call.cancelled) call.emit('error', this.fail(failure));
     } finally {
       this.inflight.delete(controller);
       try {

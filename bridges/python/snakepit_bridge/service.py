@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from snakepit_bridge import wire
+from snakepit_bridge import tracing, wire
 from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
 from snakepit_bridge.aio import LoopThread
 from snakepit_bridge.batch import run_batch
@@ -128,7 +128,15 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
             traceback=failure.traceback,
         )
 
-    def _abort(self, context: grpc.ServicerContext, failure: Failure) -> None:
+    def _abort(
+        self, context: grpc.ServicerContext, failure: Failure, traced: Any = None, *, chunks: int = 0
+    ) -> None:
+        if traced:
+            if chunks:
+                traced[0].set_attribute("snakepit.chunks", chunks)
+            tracing.fail_span(
+                traced[0], failure.kind.lower(), failure.type_name, failure.message, failure.traceback
+            )
         detail = self._detail(failure)
         context.set_trailing_metadata(((ERROR_METADATA_KEY, detail.SerializeToString()),))
         code = _TYPE_STATUS.get(failure.type_name) or _STATUS[failure.kind]
@@ -213,11 +221,13 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
         token = set_context(ctx)
         try:
             if cmd.is_async:
+                traced = tracing.capture()  # the loop's task runs under the call's span
 
                 async def run() -> Any:
                     # A task cancelled before its first step never gets here: no
                     # handler code ran, so there is nothing to count.
                     call.hold()
+                    tracing.activate(traced)
                     try:
                         return await cmd.method(**kwargs)
                     finally:
@@ -266,29 +276,42 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
     ) -> bridge_pb2.ExecuteResponse:
         self.stats.requests += 1
         call = self.active.open()
+        traced = tracing.start_span("Execute", request.command, request.session_id, context)
+        token = tracing.activate(traced and traced[1])
         try:
             cmd = self._unary(request.command)
             kwargs = self._args(cmd, request.args)
             result = self._invoke(cmd, kwargs, self._context(request, context), context, call)
             response = bridge_pb2.ExecuteResponse()
             self._payload(result, f"the result of command {cmd.name!r}", into=response.result)
+            if traced:
+                tracing.end_span(traced[0])
             return response
         except Failure as failure:
-            self._abort(context, failure)
+            self._abort(context, failure, traced)
             raise  # unreachable: abort raises
         finally:
+            tracing.deactivate(token)
             call.release()
 
     def ExecuteBatch(
         self, request: bridge_pb2.ExecuteBatchRequest, context: grpc.ServicerContext
     ) -> bridge_pb2.ExecuteBatchResponse:
         call = self.active.open()  # the whole batch is one running call
+        traced = tracing.start_span("ExecuteBatch", request.command, request.session_id, context)
+        token = tracing.activate(traced and traced[1])
         try:
-            return run_batch(self, request, context, call)
+            reply = run_batch(self, request, context, call)
+            if traced:
+                failed = sum(1 for item in reply.results if not item.ok)
+                attrs = {"snakepit.batch.items": len(reply.results), "snakepit.batch.failed": failed}
+                tracing.end_span(traced[0], "error" if failed else "ok", **attrs)
+            return reply
         except Failure as failure:
-            self._abort(context, failure)
+            self._abort(context, failure, traced)
             raise  # unreachable: abort raises
         finally:
+            tracing.deactivate(token)
             call.release()
 
     def ExecuteStream(
@@ -296,6 +319,8 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
     ) -> Iterator[bridge_pb2.ExecuteStreamResponse]:
         self.stats.requests += 1
         call = self.active.open()
+        traced = tracing.start_span("ExecuteStream", request.command, request.session_id, context)
+        token = tracing.activate(traced and traced[1])
         try:
             try:
                 cmd = self._lookup(request.command)
@@ -306,9 +331,11 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
                     payload, _ = self._payload(
                         self._invoke(cmd, kwargs, ctx, context, call), f"the result of {cmd.name!r}"
                     )
+                    if traced:
+                        tracing.end_span(traced[0], "ok", **{"snakepit.chunks": 1})
                     return iter([bridge_pb2.ExecuteStreamResponse(chunks=[payload])])
             except Failure as failure:
-                self._abort(context, failure)
+                self._abort(context, failure, traced)
                 raise
             run = StreamRun(
                 cmd,
@@ -328,9 +355,12 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
                 run.start()
             except BaseException:
                 self._stream_closed(run, call)
+                if traced:
+                    tracing.end_span(traced[0], "error")
                 raise
-            return self._pump(run, context)
+            return self._pump(run, context, traced[0] if traced else None)
         finally:
+            tracing.deactivate(token)
             call.release()
 
     def _stream_closed(self, run: StreamRun, call: CallHold) -> None:
@@ -340,14 +370,23 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
         call.release()
 
     def _pump(
-        self, run: StreamRun, context: grpc.ServicerContext
+        self, run: StreamRun, context: grpc.ServicerContext, span: Any = None
     ) -> Iterator[bridge_pb2.ExecuteStreamResponse]:
         response = bridge_pb2.ExecuteStreamResponse
+        sent = 0
+        finished = False
         try:
             for batch in run.batches():
+                if span is not None:
+                    sent = tracing.add_chunks(span, sent, len(batch))
                 yield response(chunks=batch)
+            finished = True
         except Failure as failure:
-            self._abort(context, failure)
+            self._abort(context, failure, (span, None) if span is not None else None, chunks=sent)
+        finally:
+            if span is not None and span.is_recording():  # not ended by a failure
+                outcome = "ok" if finished and not run.ctx.cancelled.is_set() else "cancelled"
+                tracing.end_span(span, outcome, **{"snakepit.chunks": sent})
 
     def InitSession(
         self, request: bridge_pb2.InitSessionRequest, context: grpc.ServicerContext

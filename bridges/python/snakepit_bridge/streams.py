@@ -22,6 +22,7 @@ import threading
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator
 from typing import Any
 
+from snakepit_bridge import tracing
 from snakepit_bridge.aio import LoopThread
 from snakepit_bridge.commands import Command, Failure, failure_from
 from snakepit_bridge.handler import CallContext, set_context
@@ -159,6 +160,8 @@ class StreamRun:
         self._lock = threading.Lock()
         # Creating the generator runs none of its body; binding was checked before.
         self._gen = command.method(**kwargs)
+        #: The call's tracing context (its server span), for the producer; None untraced.
+        self._traced = tracing.capture()
 
     def start(self) -> None:
         """Start the producer."""
@@ -202,6 +205,7 @@ class StreamRun:
 
     def _drive_sync(self, gen: Generator[Any, None, None]) -> None:
         set_context(self.ctx)
+        tracing.activate(self._traced)
         try:
             for value in gen:
                 payload, size = self._encode(value)
@@ -226,6 +230,7 @@ class StreamRun:
 
     async def _drive_async(self, agen: AsyncGenerator[Any, None]) -> None:
         set_context(self.ctx)  # this task's own context: the generator's steps run in it
+        tracing.activate(self._traced)
         with self._lock:
             self._task = asyncio.current_task()
         try:

@@ -21,13 +21,23 @@ module SnakepitBridge
     attr_reader :deadline
     # The handler serving the call.
     attr_reader :handler
+    # The caller's W3C trace context (the worker's bridge-call span), or nil when
+    # the call is not traced: "00-<trace id>-<span id>-<flags>". No OpenTelemetry
+    # gem is packaged for Debian, so the Ruby bridge opens no span of its own; a
+    # handler with the opentelemetry-sdk gem extracts this as its parent.
+    attr_reader :traceparent
+    # The W3C tracestate that came with it, or nil.
+    attr_reader :tracestate
 
-    def initialize(session_id:, session:, request_id: nil, deadline: nil, handler: nil)
+    def initialize(session_id:, session:, request_id: nil, deadline: nil, handler: nil, traceparent: nil,
+                   tracestate: nil)
       @session_id = session_id
       @session = session
       @request_id = request_id
       @deadline = deadline
       @handler = handler
+      @traceparent = traceparent
+      @tracestate = tracestate
       @cancelled = false
       @lock = Mutex.new
       @wake = ConditionVariable.new

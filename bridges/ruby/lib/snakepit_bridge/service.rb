@@ -251,8 +251,22 @@ module SnakepitBridge
                  else
                    call_deadline(call)
                  end
+      traceparent, tracestate = trace_context(request, call)
       CallContext.new(session_id: sid, session: state, request_id: request.request_id.empty? ? nil : request.request_id,
-                      deadline: deadline, handler: @handler)
+                      deadline: deadline, handler: @handler, traceparent: traceparent, tracestate: tracestate)
+    end
+
+    # The caller's W3C trace context from the call's metadata (logged for each call
+    # that has one), or nils.
+    def trace_context(request, call)
+      metadata = call.respond_to?(:metadata) ? call.metadata : nil
+      traceparent = metadata && metadata['traceparent']
+      return [nil, nil] unless traceparent.is_a?(String) && !traceparent.empty?
+
+      # A batch's items share their call's: logged once.
+      @log.call("#{request.command}: traceparent #{traceparent}") unless @logged_traceparent == traceparent
+      @logged_traceparent = traceparent
+      [traceparent, metadata['tracestate']]
     end
 
     # The gRPC deadline of the call on the monotonic clock, or nil. gRPC shows

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 import threading
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from celery import bootsteps
 from celery.concurrency import solo, thread
@@ -27,13 +28,14 @@ from celery.worker.control import control_command, inspect_command
 
 from snakepit_celery import grpcenv
 from snakepit_celery.api import config_for
+from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.errors import ConfigurationError, SnakepitError
 
 if TYPE_CHECKING:
     from snakepit_celery.host import PoolHost
     from snakepit_celery.monitoring import WorkerTelemetry
 
-__all__ = ["SnakepitStep", "current_host"]
+__all__ = ["SnakepitStep", "check_redis_credentials", "current_host"]
 
 logger = get_logger(__name__)
 
@@ -87,6 +89,73 @@ def _refuse_pickle(conf: Any) -> None:
             raise ConfigurationError(f"{name}: snakepit refuses pickle; use 'json'")
 
 
+#: Seconds the start-up check waits for the snakepit Redis before leaving it to the retries.
+REDIS_CHECK_TIMEOUT = 2.0
+
+
+def _redis_setting(app: Any, config: SnakepitConfig) -> tuple[str, str] | None:
+    """The snakepit Redis URL and the name of the setting it came from, in
+    :func:`~snakepit_celery.api.resolve_redis_url`'s order; None: no Redis."""
+    env = os.environ
+    if config.redis_url:
+        named = "SNAKEPIT_REDIS_URL" if env.get("SNAKEPIT_REDIS_URL") == config.redis_url else "redis_url"
+        return named, config.redis_url
+    for setting, variables in (
+        ("result_backend", ("SNAKEPIT_RESULT_BACKEND", "CELERY_RESULT_BACKEND")),
+        ("broker_url", ("SNAKEPIT_BROKER_URL", "CELERY_BROKER_URL")),
+    ):
+        url = app.conf.get(setting)
+        if isinstance(url, str) and url.lower().startswith(("redis://", "rediss://", "unix://")):
+            source = next((v for v in variables if env.get(v) == url), None)
+            if source is None and url == config.broker_url:
+                source = "the broker's URL: --broker, SNAKEPIT_BROKER_URL or broker_url"
+            return (f"{setting} ({source})" if source else setting), url
+    return None
+
+
+def _where(url: str) -> str:
+    """The server and database of a Redis URL, without its user name or password."""
+    parts = urlsplit(url)
+    if parts.scheme == "unix":
+        return parts.path
+    return f"{parts.scheme}://{parts.hostname}:{parts.port or 6379}{parts.path}"
+
+
+def check_redis_credentials(app: Any, config: SnakepitConfig) -> None:
+    """Stop a worker whose snakepit Redis refuses its credentials, before anything starts.
+
+    Every later use of that Redis (leases, the call ledger, streams, payloads)
+    would otherwise retry a password that can never work, and the worker would
+    look alive while failing every call. A Redis that does not answer at all
+    is only logged: it may come up, and those retries are then right.
+
+    Raises:
+        ConfigurationError: the password (or user) was refused; the message names
+            the setting the URL came from, never the password.
+    """
+    import redis
+
+    found = _redis_setting(app, config)
+    if found is None:
+        return  # no Redis configured: the features that need one say so themselves
+    setting, url = found
+    client = redis.Redis.from_url(
+        url, socket_connect_timeout=REDIS_CHECK_TIMEOUT, socket_timeout=REDIS_CHECK_TIMEOUT
+    )
+    try:
+        client.ping()
+    except (redis.AuthenticationError, redis.exceptions.NoPermissionError) as exc:
+        raise ConfigurationError(
+            f"{setting}: the snakepit Redis at {_where(url)} refused the worker's credentials "
+            f"({type(exc).__name__}: {exc}); correct the user name and password in {setting} "
+            "(not shown here)"
+        ) from None
+    except redis.RedisError as exc:
+        logger.warning("snakepit: the Redis of %s (%s) does not answer yet: %s", setting, _where(url), exc)
+    finally:
+        client.close()
+
+
 class SnakepitStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Start the pools with the worker and consume their queues."""
 
@@ -106,6 +175,7 @@ class SnakepitStep(bootsteps.StartStopStep):  # type: ignore[misc]
             )
         _refuse_pickle(worker.app.conf)
         self.config = config_for(worker.app)
+        check_redis_credentials(worker.app, self.config)
         if not grpcenv.tune_this_process():  # before the pools import gRPC
             logger.debug(
                 "snakepit: gRPC keeps its experiments (%s=%r)",

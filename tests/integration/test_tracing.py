@@ -213,7 +213,11 @@ def test_batch_map_is_one_trace_into_the_bridge(
         spans_dir,
         caller_spans,
         root,
-        [(f"bridge-{lang}", "ExecuteBatch compute"), ("worker", "run/snakepit.batch_join")],
+        [
+            (f"bridge-{lang}", "ExecuteBatch compute"),
+            ("worker", "run/snakepit.execute_batch"),
+            ("worker", "run/snakepit.batch_join"),
+        ],
     )
     caller = _one(spans, service="caller", span_id=root["span_id"])
     publish = _one(

@@ -16,6 +16,7 @@ const path = require('node:path');
 
 const { Handler } = require('./handler');
 const { BridgeServer } = require('./server');
+const tracing = require('./tracing');
 
 const PARENT_POLL_MS = 200;
 const USAGE = 'usage: snakepit-bridge-node --socket PATH --parent-pid PID --run-id ID --max-message-bytes N [--adapter FILE]';
@@ -121,6 +122,7 @@ async function main(argv = process.argv.slice(2)) {
     } catch {
       // already gone: nothing to clean
     }
+    await tracing.flush(); // process.exit drops spans an SDK still holds
     process.exit(code);
   };
   process.on('SIGTERM', () => stop('SIGTERM'));

@@ -97,4 +97,19 @@ function fail(traced, err, attributes = {}) {
   end(traced, KIND_NAMES[err.kind] || 'command_error', { 'error.type': type, ...attributes });
 }
 
-module.exports = { CHUNK_EVENTS, chunk, enabled, end, fail, run, start };
+/** Export the spans an SDK still holds (at most timeoutMs); the bridge exits next. */
+async function flush(timeoutMs = 2000) {
+  if (!enabled()) return;
+  const provider = api.trace.getTracerProvider();
+  const real = typeof provider.getDelegate === 'function' ? provider.getDelegate() : provider;
+  if (typeof real.forceFlush !== 'function') return;
+  let timer;
+  const late = new Promise((resolve) => { timer = setTimeout(resolve, timeoutMs); });
+  try {
+    await Promise.race([real.forceFlush().catch(() => {}), late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+module.exports = { CHUNK_EVENTS, chunk, enabled, end, fail, flush, run, start };

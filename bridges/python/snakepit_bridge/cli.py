@@ -19,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from typing import NoReturn
 
+from snakepit_bridge import tracing
 from snakepit_bridge.commands import HandlerDefinitionError
 from snakepit_bridge.loader import DEFAULT_HANDLER, AdapterError, load_handler
 
@@ -120,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> NoReturn:
     except BaseException:
         logging.getLogger(__name__).exception("the bridge failed")
         code = 1
+    tracing.flush()  # os._exit skips the SDK's own flush at exit
     sys.stdout.flush()
     sys.stderr.flush()
     logging.shutdown()

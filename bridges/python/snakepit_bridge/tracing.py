@@ -29,6 +29,7 @@ environment does with ``opentelemetry-instrument``): see docs/operations.md.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from typing import Any, Protocol
 
@@ -46,6 +47,7 @@ __all__ = [
     "enabled",
     "end_span",
     "fail_span",
+    "flush",
     "start_span",
 ]
 
@@ -133,3 +135,12 @@ def end_span(span: trace.Span, outcome: str = "ok", **attributes: Any) -> None:
     for key, value in attributes.items():
         span.set_attribute(key, value)
     span.end()
+
+
+def flush(timeout: float = 2.0) -> None:
+    """Export the spans an SDK still holds (at most ``timeout`` seconds); the bridge exits next."""
+    provider = trace.get_tracer_provider()
+    force_flush = getattr(provider, "force_flush", None)
+    if enabled() and callable(force_flush):
+        with contextlib.suppress(Exception):  # an exporter's failure must not keep the bridge from exiting
+            force_flush(int(timeout * 1000))

@@ -13,6 +13,7 @@ Importing this package creates no Celery app; ``snakepit_celery.celery.app``
 is the ready-made one (``celery -A snakepit_celery worker``).
 """
 
+from snakepit_celery.aio import AsyncStream, aclose_clients, aexecute, aexecute_in_session, astream
 from snakepit_celery.api import config_for, get_stats, install, resolve_redis_url
 from snakepit_celery.batch import batch_map, execute_batch, item_error
 from snakepit_celery.batch import map as map  # the issue's name; see __all__
@@ -77,6 +78,12 @@ __all__ = [  # noqa: RUF022
     "item_error",
     "resolve_redis_url",
     "stream",
+    # Async callers (an event loop's: FastAPI, Starlette, Django async views)
+    "AsyncStream",
+    "aclose_clients",
+    "aexecute",
+    "aexecute_in_session",
+    "astream",
     # Sessions
     "SessionSettings",
     "SessionStep",

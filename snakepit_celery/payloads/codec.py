@@ -52,6 +52,8 @@ __all__ = [
     "RESULT_CONTENT_TYPE",
     "RESULT_SERIALIZER",
     "PayloadRef",
+    "complete_result",
+    "parse_result",
     "register_app",
     "sending",
 ]
@@ -280,11 +282,31 @@ def loads_result(data: Any) -> Any:
     Raises:
         PayloadExpired: a payload of a chord's entry is gone (not a result: no failure to give).
     """
+    value, refs = parse_result(data)
+    if not refs:
+        return value
+    return complete_result(value, refs, _fetch(refs, delete=True))
+
+
+def parse_result(data: Any) -> tuple[Any, list[PayloadRef]]:
+    """A stored result parsed, and the references in it, their payloads not fetched yet.
+
+    The async callers (:mod:`snakepit_celery.aio`) fetch them on their own
+    connection, then call :func:`complete_result`; :func:`loads_result` is both.
+    """
     if not _has_refs(data):
-        return _kombu_loads(data)
+        return _kombu_loads(data), []
     refs: list[PayloadRef] = []
-    value = _kombu_loads(data, _hook(refs))
-    found = _fetch(refs, delete=True)
+    return _kombu_loads(data, _hook(refs)), refs
+
+
+def complete_result(value: Any, refs: list[PayloadRef], found: dict[str, bytes | None]) -> Any:
+    """``value`` (from :func:`parse_result`) with its payloads in place (``found``: key -> bytes,
+    None for one that is gone); a payload gone makes a stored result the failure PayloadExpired.
+
+    Raises:
+        PayloadExpired: a payload of a chord's entry is gone (not a result: no failure to give).
+    """
     gone = next((ref for ref in refs if found.get(ref.key) is None), None)
     if gone is None:
         return _replace(value, found)

@@ -62,6 +62,7 @@ __all__ = [
     "HostWatch",
     "NoBackend",
     "not_started",
+    "outcome_of_state",
     "task_outcome",
 ]
 
@@ -98,10 +99,18 @@ def task_outcome(app: Celery, task_id: str) -> Outcome | StreamError | None:
     except Exception as exc:  # a backend outage must not end a stream that may be fine
         logger.warning("stream %s: cannot read the task's state: %s", task_id, exc)
         return None
+    return outcome_of_state(task_id, state, result.result if state in states.READY_STATES else None)
+
+
+def outcome_of_state(task_id: str, state: str, result: object) -> Outcome | StreamError | None:
+    """:func:`task_outcome` from a state already read (``result``: the task's result or error).
+
+    The async reader (:mod:`snakepit_celery.aio`) reads the state on its own connection.
+    """
     if state == states.REVOKED:
-        return Outcome("cancelled", 0, reason=f"the task was revoked ({_reason(result.result)})")
+        return Outcome("cancelled", 0, reason=f"the task was revoked ({_reason(result)})")
     if state == states.FAILURE:
-        return Outcome("error", 0, error=_as_library_error(task_id, result.result))
+        return Outcome("error", 0, error=_as_library_error(task_id, result))
     if state == states.SUCCESS:
         return StreamError(
             f"stream {task_id}: the task succeeded but its stream has no entry in this reader's "
@@ -158,7 +167,10 @@ class HostWatch:
         Raises:
             redis.RedisError: the registry cannot be read (the reader's own Redis handling applies).
         """
-        hosted = self.leases.live_pools()
+        return self.judge(task_id, self.leases.live_pools())
+
+    def judge(self, task_id: str, hosted: dict[str, list[str]]) -> StreamError | None:
+        """:meth:`check` given the live workers' pools (pool -> worker ids) read already."""
         now = time.monotonic()
         if self.pool in hosted:
             self.unhosted_since = None

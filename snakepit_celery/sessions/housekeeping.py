@@ -70,7 +70,7 @@ class Housekeeper:
     def run(self) -> None:
         m = self.m
         try:
-            self._idle = m.settings.consumer_idle_for(self.broker.is_redis)
+            self._set_idle()
         except Exception as exc:  # the broker is down at start; decide when it is back
             log.warning("snakepit: sessions: broker not reachable yet: %s", exc)
         while not m.stopping.wait(TICK):
@@ -87,7 +87,7 @@ class Housekeeper:
     def tick(self) -> None:
         now = time.monotonic()
         if self._idle is None:
-            self._idle = self.m.settings.consumer_idle_for(self.broker.is_redis)
+            self._set_idle()
         if now >= self._next_beat:
             self._next_beat = now + self.m.settings.heartbeat_interval
             self.beat()
@@ -103,6 +103,10 @@ class Housekeeper:
         if now >= self._next_expiry:
             self._next_expiry = now + self.m.settings.expiry_interval
             self.expire()
+
+    def _set_idle(self) -> None:
+        self._idle = self.m.settings.consumer_idle_for(self.broker.is_redis)
+        self.m.releases_consumers = bool(self._idle)
 
     # -- lease and failover ----------------------------------------------------------
 

@@ -15,7 +15,7 @@ Keys (``<p>`` is the queue prefix; the sessions Redis must not be a cluster)::
     <p>:worker:<w>       hash  {pools: "a,b"} of a live worker
     <p>:load:<pool>      zset  worker id -> sessions it owns in that pool
     <p>:owned:<w>        set   session ids worker w owns
-    <p>:wake:<w>         list  "bind <sid>" / "wake <sid>" for worker w
+    <p>:wake:<w>         list  "bind <sid>" (a first call), "wake <sid>", "adopt <sid>" (handed over) for w
     <p>:orphans:<pool>   set   sessions waiting for an owner
     <p>:route:<sid>      hash  {owner, pool, active, state, routed_at, failover_at, seq}
     <p>:calls:<sid>      hash  task id -> "seq|ms|call JSON": calls not yet begun

@@ -30,7 +30,7 @@ local function alive(P, w, now)
   local dl = redis.call('ZSCORE', P .. ':workers', w)
   return dl and tonumber(dl) > now
 end
-local function assign(P, sid, pool, now)
+local function assign(P, sid, pool, now, op)
   local rk = P .. ':route:' .. sid
   local chosen = false
   for _, w in ipairs(redis.call('ZRANGE', P .. ':load:' .. pool, 0, -1)) do
@@ -45,7 +45,7 @@ local function assign(P, sid, pool, now)
   redis.call('SADD', P .. ':owned:' .. chosen, sid)
   redis.call('ZINCRBY', P .. ':load:' .. pool, 1, chosen)
   redis.call('SREM', P .. ':orphans:' .. pool, sid)
-  redis.call('RPUSH', P .. ':wake:' .. chosen, 'bind ' .. sid)
+  redis.call('RPUSH', P .. ':wake:' .. chosen, op .. ' ' .. sid)
   return chosen
 end
 """
@@ -68,7 +68,7 @@ end
 local r = redis.call('HMGET', rk, 'owner', 'pool', 'active', 'state')
 if not r[2] then
   local pool = want ~= '' and want or default
-  local w = assign(P, sid, pool, now)
+  local w = assign(P, sid, pool, now, 'bind')
   journal()
   if w then return {'bound', w, pool} end
   return {'orphan', '', pool}
@@ -159,7 +159,7 @@ for i = 3, #ARGV do
   local owner = false
   if r[1] then
     if r[2] == 'orphan' or (r[2] == 'failover' and now - tonumber(r[3] or 0) >= grace) then
-      owner = assign(P, sid, r[1], now)
+      owner = assign(P, sid, r[1], now, 'adopt')
     elseif r[2] ~= 'bound' and r[2] ~= 'closing' then
       redis.call('SADD', P .. ':orphans:' .. r[1], sid)
     end

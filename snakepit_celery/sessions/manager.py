@@ -92,6 +92,8 @@ class SessionManager:
         #: Whether calls keep their session's send order through the journal (RabbitMQ:
         #: set by the session step; a Redis broker's failover restores the order itself).
         self.order_calls = False
+        #: Whether idle consumers are released (Redis broker): set by the housekeeper.
+        self.releases_consumers = False
         #: Sessions whose consumer is paused while an earlier call is elsewhere.
         self._held_back: set[str] = set()
         self.lock = threading.RLock()
@@ -180,9 +182,39 @@ class SessionManager:
                 log.warning("snakepit: session wake-ups: %s", exc)
                 self.stopping.wait(1.0)
                 continue
-            if items:
-                # A takeover binds thousands at once: handled a batch at a time.
-                self.activate(list(dict.fromkeys(sid for _op, sid in items)))
+            # A takeover hands thousands over at once: handled a batch at a time.
+            adopted = list(dict.fromkeys(sid for op, sid in items if op == "adopt"))
+            called = list(dict.fromkeys(sid for op, sid in items if op != "adopt"))
+            if adopted and self.releases_consumers:
+                self.adopt(adopted)
+            else:
+                called += adopted
+            if called:
+                self.activate(called)
+
+    def adopt(self, session_ids: list[str]) -> None:
+        """Take handed-over sessions as released ones (brokers that release idle consumers).
+
+        Most sessions of a dead or leaving worker are idle: consuming every queue
+        at once would cost each message of this worker thousands of queues (and
+        kombu thousands of steps per queue added). Each is bound here with its
+        consumer off, as if just released: the cooling checks consume those whose
+        queue holds calls (restored, sent during the failover, or by a caller that
+        routed just before), and later callers wake it as they would any idle one.
+        """
+        pools = self.leases.set_active(session_ids, self.worker_id, False)
+        owned = [(sid, pool) for sid, pool in zip(session_ids, pools, strict=True) if pool is not None]
+        with self.lock:
+            new = [sid for sid, _pool in owned if sid not in self.sessions]
+        if new:
+            self.store.ensure_sessions(new)
+            log.info("snakepit: %d session(s) handed over to this worker", len(new))
+        now = time.monotonic()
+        with self.lock:
+            for session_id, pool in owned:
+                local = self.sessions.setdefault(session_id, LocalSession(session_id, pool))
+                if not local.consuming:
+                    local.released_at = now  # the cooling checks start now
 
     def activate(self, session_ids: list[str]) -> list[str]:
         """Consume these sessions' queues where this worker owns them; returns those it owns.

@@ -158,7 +158,7 @@ def test_a_takeover_of_more_sessions_than_a_batch_moves_them_all(table: LeaseTab
         woken: list[str] = []
         while batch := table.pop_wakes(worker, timeout=0.1):
             assert len(batch) <= BATCH
-            woken += [sid for op, sid in batch if op == "bind"]
+            woken += [sid for op, sid in batch if op == "adopt"]
         assert sorted(woken) == sorted(table.owned(worker))
     pools = table.set_active(sids, "w1", True)
     assert [p is not None for p in pools] == [sid in table.owned("w1") for sid in sids]
@@ -170,7 +170,7 @@ def test_leaving_hands_sessions_over_at_once(table: LeaseTable) -> None:
     register(table, "w2")
     assert table.leave("w1") == ["s1"]
     assert table.route_of("s1")["owner"] == "w2"
-    assert "bind s1" in wakes(table, "w2")
+    assert "adopt s1" in wakes(table, "w2")
 
 
 def test_begin_call_checks_the_owner_and_refreshes_the_data(table: LeaseTable) -> None:

@@ -30,7 +30,7 @@ $(DEMO_STAMP): pyproject.toml bridges/python/pyproject.toml | $(VENV)/bin/python
 	touch $(DEMO_STAMP)
 
 $(STAMP): pyproject.toml bridges/python/pyproject.toml | $(VENV)/bin/python
-	$(PY) -m pip install --quiet -e bridges/python -e '.[test,flower,embedded,metrics,numpy]'
+	$(PY) -m pip install --quiet -e bridges/python -e '.[test,flower,embedded,metrics,numpy,fastapi]'
 	touch $(STAMP) $(DEMO_STAMP)
 
 venv: $(STAMP) bridges

@@ -283,6 +283,19 @@ class AsyncStream(Stream):
 
     # -- start and the async context manager --------------------------------------------------
 
+    async def start(self) -> AsyncStream:
+        """Send the stream's task now, if :func:`astream` made it and it is not sent yet.
+
+        Entering the ``async with`` block (or awaiting the first chunk) does it
+        too; a view that only starts a job (another view follows it) calls this,
+        then :meth:`aclose`.
+
+        Raises:
+            PoolNotFound: no such pool.
+        """
+        await self._start()
+        return self
+
     async def _start(self) -> None:
         starter, self._starter = self._starter, None
         if starter is not None:

@@ -233,7 +233,8 @@ def test_a_call_longer_than_the_ttl_keeps_its_session(pair: Pair) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("broker", ["redis", "amqp"])
 def test_failover_after_sigkill_loses_and_repeats_no_call(worker_factory: WorkerFactory, broker: str) -> None:
-    pair = Pair(worker_factory, broker)
+    # Consumers released only after 30 s: one on now was turned on by the takeover.
+    pair = Pair(worker_factory, broker, env={"SNAKEPIT_SESSION_CONSUMER_IDLE": "30"})
     try:
         sid = pair.sid("failover")
         made = create_program(sid, {"operation": "multiply", "operand": 3}, app=pair.app).get(timeout=30)
@@ -241,6 +242,10 @@ def test_failover_after_sigkill_loses_and_repeats_no_call(worker_factory: Worker
         owner = pair.owner(sid)
         survivor = pair.b if owner is pair.a else pair.a
         old_pids = set(owner.bridge_pids())
+        # Idle sessions of the same owner, handed over with the busy one.
+        idle = [s for s in (pair.sid("idle") for _ in range(8)) if pair.run(s, "set_counter", {"value": 7})]
+        idle = [s for s in idle if pair.owner(s) is owner]
+        assert idle, "no idle session landed on the owner"
         # The owner is busy with a slow call while more calls queue behind it
         # (some prefetched by it, unacknowledged, the rest in the queue).
         slow = pair.call.delay(sid, "sleep", {"seconds": 3})
@@ -262,6 +267,11 @@ def test_failover_after_sigkill_loses_and_repeats_no_call(worker_factory: Worker
         out = execute_program(sid, made["program_id"], 5, app=pair.app).get(timeout=30)
         assert (out["output"], out["built_by"]) == (15, info["pid"])
         assert pair.run(sid, "get_counter") == {"value": 20}
+        wait_for(lambda: all(pair.owner(s) is survivor for s in idle), 10, "the idle sessions to move")
+        if broker == "redis":
+            # Handed over with their consumers off: nobody called them since.
+            assert [pair.leases.route_of(s)["active"] for s in idle] == ["0"] * len(idle)
+        assert [pair.run(s, "info")["pid"] in survivor.bridge_pids() for s in idle] == [True] * len(idle)
     except BaseException:
         for w in (pair.a, pair.b):  # the workers' logs say what went wrong
             print(f"--- log of {w.hostname}:\n{w.process.log()[-20000:]}")

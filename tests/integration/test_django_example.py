@@ -14,9 +14,11 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import pytest
 from celery import Celery
 
 from snakepit_celery.stats import get_stats
@@ -79,6 +81,7 @@ def test_django_views_run_commands_on_the_projects_worker(redis_url: str) -> Non
             _wait_http(server, f"{base}/health/")
 
             assert _request(f"{base}/add/?a=5&b=3") == (200, {"sum": 8})
+            assert _request(f"{base}/async/add/?a=2&b=2") == (200, {"sum": 4})  # WSGI: a loop per request
             status, body = _request(f"{base}/add/?a=five")
             assert status == 400 and "a='five'" in body["message"]
 
@@ -105,10 +108,46 @@ def test_django_views_run_commands_on_the_projects_worker(redis_url: str) -> Non
             assert bad["state"] == "FAILURE" and bad["error"] == "CommandError"
             assert "ZeroDivisionError" in bad["message"] or "division" in bad["message"]
 
-            # The worker's pool saw exactly the project's calls: add 5+3, echo, divide.
+            # The worker's pool saw exactly the project's calls: add 5+3, async add 2+2, echo, divide.
             stats = get_stats(caller, destination=[hostname], timeout=5)
-            assert stats["nodes"][hostname]["pools"]["python"]["requests"] == 3
+            assert stats["nodes"][hostname]["pools"]["python"]["requests"] == 4
             assert stats["errors"] == 1
             assert "GET /add/?a=5&b=3" in server.log()
+    finally:
+        caller.close()
+
+
+def test_the_async_view_awaits_aexecute_under_an_asgi_server(redis_url: str) -> None:
+    pytest.importorskip("uvicorn", reason="the [fastapi] extra (uvicorn) is not installed")
+    port = _free_port()
+    env = {
+        "DJANGO_SETTINGS_MODULE": "djproject.settings",
+        "CELERY_BROKER_URL": redis_url,
+        "CELERY_RESULT_BACKEND": redis_url,
+        "SNAKEPIT_POOL_SIZE": "2",
+        "SNAKEPIT_QUEUE_PREFIX": f"dj{uuid.uuid4().hex[:6]}",
+    }
+    hostname = f"django-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+    worker_argv = [sys.executable, "-m", "celery", "-A", "djproject", "worker", "-n", hostname]
+    server_argv = [sys.executable, "-m", "uvicorn", "djproject.asgi:application", "--port", str(port)]
+    caller = Celery("django-test", broker=redis_url, backend=redis_url, set_as_current=False)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with (
+            WorkerProcess(argv=[*worker_argv, "--without-mingle"], env=env, cwd=str(EXAMPLE)) as worker,
+            WorkerProcess(
+                argv=[*server_argv, "--timeout-graceful-shutdown", "5"], env=env, cwd=str(EXAMPLE)
+            ) as server,
+        ):
+            worker.wait_ready(caller, hostname)
+            _wait_http(server, f"{base}/health/")
+            # Many requests at once on uvicorn's one loop: each awaits its call, none blocks the others.
+            with ThreadPoolExecutor(20) as pool:
+                answers = list(pool.map(lambda i: _request(f"{base}/async/add/?a={i}&b=1"), range(20)))
+            assert answers == [(200, {"sum": i + 1}) for i in range(20)]
+            status, body = _request(f"{base}/async/add/?a=five")
+            assert status == 400 and "a='five'" in body["message"]
+            stats = get_stats(caller, destination=[hostname], timeout=5)
+            assert stats["nodes"][hostname]["pools"]["python"]["requests"] == 20
     finally:
         caller.close()

@@ -1,6 +1,7 @@
 """Views that call snakepit commands through Celery.
 
 GET  /add/?a=5&b=3        waits for the result: {"sum": 8}
+GET  /async/add/?a=5&b=3  the same from an async view: awaits it with ``aexecute`` (no thread waits)
 POST /tasks/              {"command": "compute", "args": {...}, "pool": null} -> 202 {"id": ...}
 GET  /tasks/<id>/         {"state": "SUCCESS", "result": ...}, or the error's class and message
 GET  /health/             {"status": "ok"}: the web process is up (no broker round trip)
@@ -16,7 +17,7 @@ from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from snakepit_celery import SnakepitError, execute
+from snakepit_celery import SnakepitError, aexecute, execute
 
 #: Seconds the synchronous view waits for its result.
 RESULT_TIMEOUT = 10.0
@@ -39,6 +40,26 @@ def add(request: HttpRequest) -> JsonResponse:
         return JsonResponse({"error": "bad request", "message": str(exc)}, status=400)
     try:
         result = execute.delay("compute", {"operation": "add", "a": a, "b": b}).get(timeout=RESULT_TIMEOUT)
+    except SnakepitError as exc:
+        return JsonResponse({"error": type(exc).__name__, "message": str(exc)}, status=502)
+    return JsonResponse({"sum": result["result"]})
+
+
+@require_GET
+async def add_async(request: HttpRequest) -> JsonResponse:
+    """``add`` as an async view: the result is awaited on the event loop, no thread blocks on it.
+
+    Serve it with an ASGI server (``uvicorn djproject.asgi:application``): its one
+    loop shares the Redis connections of every request. Under ``runserver`` (WSGI)
+    Django runs each async view in a loop of its own; it works, with connections
+    of its own per request.
+    """
+    try:
+        a, b = _int_param(request, "a"), _int_param(request, "b")
+    except ValueError as exc:
+        return JsonResponse({"error": "bad request", "message": str(exc)}, status=400)
+    try:
+        result = await aexecute("compute", {"operation": "add", "a": a, "b": b}, wait=RESULT_TIMEOUT)
     except SnakepitError as exc:
         return JsonResponse({"error": type(exc).__name__, "message": str(exc)}, status=502)
     return JsonResponse({"sum": result["result"]})

@@ -115,6 +115,10 @@ def _check_streaming(lines: list[str]) -> None:
     assert lines == [str(float(n)) for n in range(1, 101)]
 
 
+def _check_async(lines: list[str]) -> None:
+    assert lines == ["8", "3", "[0, 1, 2]", "328350"]
+
+
 def _check_batches(lines: list[str]) -> None:
     assert lines == [
         "100000 100000",
@@ -138,6 +142,7 @@ EXPECTED: dict[str, Expected] = {
     "Sessions: the same bridge every call": Expected(_check_sessions),
     "Streaming: live chunks, cancellable": Expected(_check_streaming),
     "Batches: a chord of chunks, not of items": Expected(_check_batches),
+    "Async callers: FastAPI, Starlette, Django async views": Expected(_check_async),
 }
 BLOCKS = readme_python_blocks(README.read_text())
 

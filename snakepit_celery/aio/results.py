@@ -130,6 +130,8 @@ class ResultWaiter:
         self._entries: dict[bytes, _Entry] = {}
         self._to_subscribe: set[bytes] = set()
         self._to_unsubscribe: set[bytes] = set()
+        #: Keys subscribed again after a reconnect: read once more.
+        self._reread: set[bytes] = set()
         self._writer: asyncio.Task[None] | None = None
         self._reader: asyncio.Task[None] | None = None
 
@@ -220,7 +222,11 @@ class ResultWaiter:
             try:
                 if resync:
                     resync = False
-                    await self._read_all()
+                    self._reread.clear()
+                    await self._read_all(list(self._entries))
+                elif self._reread:
+                    keys, self._reread = list(self._reread), set()
+                    await self._read_all(keys)
                 message = await self._pubsub.get_message(timeout=1.0)
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 log.warning("snakepit: the results' pub/sub connection failed (reconnecting): %s", exc)
@@ -229,17 +235,25 @@ class ResultWaiter:
                 continue
             if message is None:
                 continue
-            kind, channel = message["type"], message["channel"]
-            if kind == "subscribe":
-                entry = self._entries.get(channel)
-                if entry is not None and not entry.subscribed.done():
-                    entry.subscribed.set_result(None)
-            elif kind == "message":
-                self._offer(channel, message["data"])
+            try:
+                self._dispatch(message)
+            except Exception:  # one undecodable message must not leave every other waiter hanging
+                log.exception("snakepit: a message on the results' channel %r was ignored", message)
 
-    async def _read_all(self) -> None:
-        """Read every awaited key (after a reconnect: their messages may be lost)."""
-        keys = list(self._entries)
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message["channel"]
+        if kind == "subscribe":
+            entry = self._entries.get(channel)
+            if entry is not None and not entry.subscribed.done():
+                entry.subscribed.set_result(None)
+            elif entry is not None:  # subscribed again: redis-py reconnected by itself
+                self._reread.add(channel)
+        elif kind == "message":
+            self._offer(channel, message["data"])
+
+    async def _read_all(self, keys: list[bytes]) -> None:
+        """Read awaited keys after a reconnect (their messages may be lost meanwhile)."""
+        keys = [key for key in keys if key in self._entries]
         if not keys:
             return
         for key, raw in zip(keys, await self.redis.mget(keys), strict=True):

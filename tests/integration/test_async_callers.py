@@ -310,3 +310,27 @@ def test_an_astream_no_worker_hosts_ends_and_one_revoked_in_the_broker_is_cancel
             run(revoked)
     finally:
         caller.close()
+
+
+def test_results_arrive_after_the_pubsub_connection_is_killed(worker: Worker) -> None:
+    from snakepit_celery.aio.results import waiter_for
+
+    admin = redis.Redis.from_url(worker.app.conf.result_backend)
+
+    async def killed() -> list[Any]:
+        calls = [
+            asyncio.ensure_future(aexecute("sleep", {"seconds": 0.3}, app=worker.app)) for _ in range(10)
+        ]
+        pubsub = waiter_for(worker.app)._pubsub
+        while pubsub.connection is None or not pubsub.connection.is_connected:
+            await asyncio.sleep(0.01)
+        host, port = pubsub.connection._writer.get_extra_info("sockname")[:2]
+        # Redis drops the waiter's pub/sub connection while every call still waits for its result.
+        assert admin.client_kill(f"{host}:{port}")
+        return await asyncio.wait_for(asyncio.gather(*calls), 30)
+
+    try:
+        results = run(killed)
+    finally:
+        admin.close()
+    assert len(results) == 10 and all(r["slept"] >= 0.3 and not r["cancelled"] for r in results)

@@ -26,6 +26,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from kombu.exceptions import OperationalError
+from kombu.utils.url import maybe_sanitize_url
+
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.errors import ConfigurationError
 
@@ -110,8 +113,12 @@ def cmd_status(ns: argparse.Namespace) -> int:
             return watch_status(app, config, interval=ns.interval, timeout=ns.timeout)
         finally:
             app.close()
+    broker = maybe_sanitize_url(app.conf.broker_url)  # the password masked
     try:
         stats = status_of(app, config, timeout=ns.timeout)
+    except (OperationalError, OSError) as exc:
+        print(f"snakepit-celery: cannot reach the broker at {broker}: {exc}", file=sys.stderr)
+        return 1
     finally:
         app.close()
     if ns.json:
@@ -119,7 +126,7 @@ def cmd_status(ns: argparse.Namespace) -> int:
     else:
         print(format_status(stats))
     if not stats["nodes"]:
-        print(f"no snakepit worker answered within {ns.timeout}s on {app.conf.broker_url}", file=sys.stderr)
+        print(f"no snakepit worker answered within {ns.timeout}s on {broker}", file=sys.stderr)
         return 1
     return 0
 

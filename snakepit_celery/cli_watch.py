@@ -13,6 +13,7 @@ import threading
 import time
 from typing import Any
 
+from kombu.utils.url import maybe_sanitize_url
 from rich.console import Console, Group
 from rich.live import Live
 from rich.table import Table
@@ -66,7 +67,7 @@ def watch_status(
 
     console = console or Console()
     stop = stop or threading.Event()
-    broker = app.conf.broker_url
+    broker = maybe_sanitize_url(app.conf.broker_url)  # the password masked
     last: dict[str, Any] = {"nodes": {}, "no_live_worker": [p.name for p in config.pools]}
     live = Live(console=console, auto_refresh=False, redirect_stdout=False, redirect_stderr=False)
     try:

@@ -132,3 +132,37 @@ def test_watch_refuses_a_bad_interval(value: str) -> None:
     )
     assert out.returncode == 2
     assert "--interval" in out.stderr and repr(value) in out.stderr
+
+
+def _closed_port() -> int:
+    with socket.socket() as sock:  # bound then closed: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_status_on_an_unreachable_broker_says_so_without_the_password() -> None:
+    broker = f"redis://:hunter2-pw@127.0.0.1:{_closed_port()}/0"
+    out = subprocess.run(
+        [*CLI, "status", "--broker", broker, "--timeout", "0.3"], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 1
+    assert "cannot reach the broker at redis://:**@127.0.0.1" in out.stderr, out.stderr
+    assert "hunter2-pw" not in out.stderr + out.stdout and "Traceback" not in out.stderr
+
+
+def test_watch_keeps_going_when_the_broker_is_unreachable() -> None:
+    broker = f"redis://:hunter2-pw@127.0.0.1:{_closed_port()}/0"
+    argv = [*CLI, "status", "--watch", "--broker", broker, "--interval", "0.2", "--timeout", "0.3"]
+    with subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            text = _read_until(
+                proc.stdout.fileno(), proc, re.compile(r"(could not ask the workers.*){2}", re.S)
+            )
+            assert "hunter2-pw" not in text
+            assert _interrupt(proc) == 0
+            assert b"Traceback" not in proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

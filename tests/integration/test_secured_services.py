@@ -5,13 +5,15 @@ only (``--port 0``: no plain connection is possible), with a CA and a server
 certificate the test makes with the ``openssl`` CLI. The worker is the CLI's and
 gets nothing but ``rediss://`` URLs carrying ``ssl_cert_reqs`` and ``ssl_ca_certs``;
 they reach every Redis client the library makes: kombu's broker channel, Celery's
-result backend, the session leases and store, the call ledger, the streams and
-the payload store (a value past ``payload_ref_threshold``). The RabbitMQ vhost and
+result backend, the session leases and store, the call ledger, the streams, the
+payload store (a value past ``payload_ref_threshold``) and the async callers'
+``redis.asyncio`` clients. The RabbitMQ vhost and
 user are made with ``rabbitmqctl`` and deleted at the end.
 """
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import socket
 import subprocess
@@ -25,6 +27,7 @@ import pytest
 from redisprocs import RedisProcess
 from testprocs import missing_service
 
+from snakepit_celery import aclose_clients, aexecute
 from snakepit_celery.api import create_app, resolve_redis_url
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.sessions.store import SessionStore
@@ -125,6 +128,15 @@ def test_execute_session_stream_and_payloads_through_a_tls_redis(
 
             big = bytes(range(256)) * 2048  # 512 KiB: past payload_ref_threshold, via the payload store
             assert execute.delay("echo", {"data": big}).get(timeout=30)["echoed"]["data"] == big
+
+            async def awaited() -> int:  # the async callers' redis.asyncio clients, from the same URLs
+                try:
+                    result = await aexecute("compute", {"operation": "add", "a": 2, "b": 2}, app=app, wait=30)
+                    return int(result["result"])
+                finally:
+                    await aclose_clients()
+
+            assert asyncio.run(awaited()) == 4
             assert w.stop() == 0
     finally:
         app.close()

@@ -32,10 +32,17 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, TypeAlias
 
-from snakepit_celery.errors import InfrastructureError, PoolSaturated, QueueTimeout
+from snakepit_celery.errors import (
+    CommandCancelled,
+    InfrastructureError,
+    PoolSaturated,
+    QueueTimeout,
+    SnakepitError,
+)
 
 if TYPE_CHECKING:
     from snakepit_celery.bridge import Bridge
+    from snakepit_celery.cancels import Ticket
 
 __all__ = ["Slot", "SlotQueue"]
 
@@ -67,7 +74,10 @@ class Slot:
 #: An error to raise, kept as its class and message: each caller raises an
 #: instance of its own, since one instance raised in many threads would share
 #: (and keep growing) one traceback and have its ``__context__`` overwritten.
-Refusal: TypeAlias = tuple[type[InfrastructureError], str]
+Refusal: TypeAlias = tuple[type[SnakepitError], str]
+
+
+_CANCELLED_WAITING = "the call was cancelled while it waited for a bridge; it never started"
 
 
 class _Waiter:
@@ -108,10 +118,13 @@ class SlotQueue:
         #: Calls that waited past the queue timeout.
         self.queue_timeouts = 0
 
-    def acquire(self, wanted: Slot | None = None) -> tuple[Slot, float]:
+    def acquire(self, wanted: Slot | None = None, ticket: Ticket | None = None) -> tuple[Slot, float]:
         """Borrow a slot (``wanted``, or any); returns it and the seconds waited.
 
+        A ``ticket``'s cancel withdraws the caller from the queue (see :mod:`snakepit_celery.cancels`).
+
         Raises:
+            CommandCancelled: the ticket was cancelled while the caller waited.
             PoolSaturated: ``max_queue`` callers are already waiting.
             QueueTimeout: no slot came free within the queue timeout.
             InfrastructureError: the pool closed (``PoolClosed``) meanwhile.
@@ -137,6 +150,12 @@ class SlotQueue:
                 )
             waiter = _Waiter(wanted, self.lock)
             self.waiters.append(waiter)
+            if ticket is not None:
+                held = ticket
+                ticket.withdraw = lambda: self._withdraw(waiter, held)
+                if ticket.cancelled:  # set before withdraw was: nobody else will see this place
+                    self.waiters.remove(waiter)
+                    raise CommandCancelled(_CANCELLED_WAITING)
             start = time.monotonic()
             deadline = start + self.queue_timeout if self.queue_timeout else None
             while waiter.slot is None:
@@ -156,6 +175,15 @@ class SlotQueue:
                     )
                 waiter.cond.wait(remaining)
             return waiter.slot, time.monotonic() - start
+
+    def _withdraw(self, waiter: _Waiter, ticket: Ticket) -> None:
+        """Take a cancelled caller out of the queue; it raises ``CommandCancelled``."""
+        with self.lock:
+            ticket.withdraw = None
+            if waiter.slot is None and waiter.error is None and waiter in self.waiters:
+                self.waiters.remove(waiter)
+                waiter.error = (CommandCancelled, _CANCELLED_WAITING)
+                waiter.cond.notify()
 
     def offer(self, slot: Slot) -> None:
         """Hand a ready slot to the oldest waiter that can take it, else make it idle.

@@ -32,7 +32,8 @@ import grpc
 from snakepit_bridge._proto import bridge_pb2
 
 from snakepit_celery.bridge import Bridge
-from snakepit_celery.bridge_stream import BridgeStream
+from snakepit_celery.bridge_stream import BridgeStream, settle_cancelled
+from snakepit_celery.cancels import Ticket, cancels
 from snakepit_celery.checkout import Slot
 from snakepit_celery.config import PoolConfig
 from snakepit_celery.errors import (
@@ -88,7 +89,7 @@ class BridgePool(PoolLifecycle):
 
     # -- borrowing -------------------------------------------------------------
 
-    def _checkout(self, session_id: str | None) -> Slot:
+    def _checkout(self, session_id: str | None, ticket: Ticket | None = None) -> Slot:
         wanted = None
         if session_id is not None:
             with self._lock:
@@ -97,7 +98,7 @@ class BridgePool(PoolLifecycle):
                     wanted = min(self._slots, key=lambda s: len(s.sessions))
                     wanted.sessions.add(session_id)
                     self._sessions[session_id] = wanted
-        slot, waited = self._queue.acquire(wanted)
+        slot, waited = self._queue.acquire(wanted, ticket)
         if waited:
             self.telemetry.queue_wait(pool=self.name, wait=waited)
         return slot
@@ -175,7 +176,9 @@ class BridgePool(PoolLifecycle):
             args: its arguments (a JSON-able object; bytes allowed).
             timeout: hard limit in seconds; else ``command_timeouts``, else the pool's.
             session_id: pin the call to the session's bridge (InitSession first on a new one).
-            request_id: the caller's id (a Celery task id), for the bridge's logs.
+            request_id: the caller's id (a Celery task id), for the bridge's logs; with
+                it the call can be cancelled from another thread
+                (:func:`snakepit_celery.cancels.cancel_call`, the worker's ``revoke``).
             idempotent: a call whose bridge crashed is run once more on a fresh bridge
                 (one that never reached its bridge is, in any case).
             on_begin: called once the call has a bridge, before the bridge sees it
@@ -187,6 +190,7 @@ class BridgePool(PoolLifecycle):
             PoolSaturated, QueueTimeout, PoolClosed: no bridge was borrowed; never ran.
             BridgeCrashed: the bridge died during the call (it is being replaced).
             CommandTimeout: past the hard timeout; the bridge was killed and replaced.
+            CommandCancelled: cancelled by its request id (waiting: it never started).
             CommandError, UnknownCommand, InvalidArguments, PayloadTooLarge: see errors.
         """
         started = time.monotonic()
@@ -194,6 +198,7 @@ class BridgePool(PoolLifecycle):
         error: BaseException | None = None
         after: Callable[[], None] | None = None
         refused = False
+        ticket = cancels.enter(request_id) if request_id else None
         trace = self.telemetry.trace_call(
             pool=self.name, command=command, kind="execute", session_id=session_id, request_id=request_id
         )
@@ -209,9 +214,12 @@ class BridgePool(PoolLifecycle):
             )
             attempts = Attempts(idempotent=idempotent)
             while True:
-                slot = self._checkout(session_id)
+                slot = self._checkout(session_id, ticket)
                 bridge: Bridge = slot.bridge  # type: ignore[assignment]
                 trace.checked_out(bridge.pid)
+                if ticket is not None and ticket.cancelled:  # between the hand-off and here
+                    self._release(slot, bridge, counted=False)
+                    raise CommandCancelled(f"{command!r} was cancelled before it started")
                 if on_begin is not None:
                     begin, on_begin = on_begin, None  # a retry on another bridge is the same call
                     try:
@@ -223,9 +231,18 @@ class BridgePool(PoolLifecycle):
                 try:
                     if session_id is not None and session_id not in bridge.sessions:
                         self._init_session(bridge, session_id, hard or None)
-                    reply = bridge.execute_raw(request, timeout=hard or None, metadata=trace.metadata)
+                    wait = hard or None
+                    if ticket is None:
+                        reply = bridge.execute_raw(request, timeout=wait, metadata=trace.metadata)
+                    else:  # a future, which another thread can cancel
+                        future = bridge.execute_raw.future(request, timeout=wait, metadata=trace.metadata)
+                        ticket.run(future)
+                        reply = future.result()
                 except (grpc.RpcError, ValueError) as exc:
                     error = attempts.failed(self, slot, bridge, exc, command, hard)
+                except grpc.FutureCancelledError:
+                    settle_cancelled(self, slot, bridge, command)  # given back once the bridge stopped it
+                    raise CommandCancelled(f"{command!r} was cancelled while it ran") from None
                 except BaseException:
                     self._release(slot, bridge, failed=True)
                     raise
@@ -243,6 +260,8 @@ class BridgePool(PoolLifecycle):
                 outcome = _OUTCOME.get(type(exc), "error")
             raise
         finally:
+            if ticket is not None:
+                cancels.leave(ticket)
             if after is not None:
                 after()
             trace.end(outcome, error)

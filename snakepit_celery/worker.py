@@ -1,4 +1,4 @@
-"""The worker side: a bootstep that owns the pools, and two remote-control commands.
+"""The worker side: a bootstep that owns the pools, two remote-control commands, and revoke.
 
 :class:`SnakepitStep` joins the worker blueprint (``install()`` adds it). It
 runs after the task pool is created and before the consumer, so the bridges
@@ -12,6 +12,12 @@ the consumer, so:
   and the calls still running fail with ``BridgeCrashed``/``PoolClosed``.
 
 The tasks reach the pools through :func:`current_host`.
+
+Celery's ``revoke`` is extended (the same command, name and arguments): after
+Celery's own handling, a unary call with that task id that is waiting for a
+bridge or running on one is cancelled (:mod:`snakepit_celery.cancels`), so
+``AsyncResult.revoke()``, ``celery control revoke``, Flower and a cancelled
+``aexecute`` stop it in the bridge instead of letting it run to its end.
 """
 
 from __future__ import annotations
@@ -23,11 +29,14 @@ from urllib.parse import urlsplit
 
 from celery import bootsteps
 from celery.concurrency import solo, thread
+from celery.utils.functional import maybe_list
 from celery.utils.log import get_logger
 from celery.worker.control import control_command, inspect_command
+from celery.worker.control import revoke as _celery_revoke  # Celery's own handler, run first
 
 from snakepit_celery import grpcenv
 from snakepit_celery.api import config_for
+from snakepit_celery.cancels import cancel_call
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.errors import ConfigurationError, SnakepitError
 
@@ -270,3 +279,17 @@ def snakepit_restart(state: Any, pool: str | None = None, pid: int | None = None
         return {"ok": host.pool(pool or None).restart_bridge(pid or None)}
     except SnakepitError as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}
+
+
+@control_command(  # type: ignore[untyped-decorator]
+    name="revoke", variadic="task_id", signature="[id1 [id2 [... [idN]]]]"
+)
+def revoke(
+    state: Any, task_id: Any, terminate: bool = False, signal: str | None = None, **kwargs: Any
+) -> Any:
+    """Revoke task by task id (or list of ids); a snakepit call running here is cancelled in its bridge."""
+    reply = _celery_revoke(state, task_id, terminate=terminate, signal=signal, **kwargs)
+    for each in maybe_list(task_id) or ():
+        if cancel_call(str(each)):
+            logger.info("snakepit: cancelled the running call %s (revoked)", each)
+    return reply

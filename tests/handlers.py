@@ -7,6 +7,7 @@ root on PYTHONPATH (see :func:`pool_config`).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import time
@@ -85,6 +86,31 @@ class TestHandler(ShowcaseHandler):
             if self.context.cancelled.wait(0.005) or time.monotonic() > deadline:
                 return {"pid": os.getpid(), "released": False, "token": token}
         return {"pid": os.getpid(), "released": True, "token": token}
+
+    @command
+    def wait_cancel(self, log: str, token: str, timeout: float = 60.0) -> dict[str, Any]:
+        """Append ``started <token>`` to ``log``, wait for the caller's cancel (polling
+        ``context.cancelled``), then append ``cancelled <token>``: proof the bridge saw it."""
+        with open(log, "a") as f:
+            f.write(f"started {token}\n")
+        seen = self.context.cancelled.wait(timeout)
+        if seen:
+            with open(log, "a") as f:
+                f.write(f"cancelled {token}\n")
+        return {"pid": os.getpid(), "cancelled": seen}
+
+    @command
+    async def await_cancel(self, log: str, token: str, timeout: float = 60.0) -> dict[str, Any]:
+        """As ``wait_cancel``, async: the cancel cancels this command's task at its ``await``."""
+        with open(log, "a") as f:
+            f.write(f"started {token}\n")
+        try:
+            await asyncio.sleep(timeout)
+        except asyncio.CancelledError:
+            with open(log, "a") as f:
+                f.write(f"cancelled {token}\n")
+            raise
+        return {"pid": os.getpid(), "cancelled": False}
 
     @command
     def counter_stream(self, count: int = 3) -> Iterator[dict[str, Any]]:

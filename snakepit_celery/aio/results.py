@@ -308,7 +308,7 @@ class ResultWaiter:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+        await self._pubsub.aclose()
 
 
 def _text(raw: bytes | str) -> str:

@@ -6,13 +6,24 @@ constructors) without starting it, so nothing connects to a broker.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from celery import Celery
+from celery import _state as celery_state
 
 from snakepit_celery import ConfigurationError, install
 
 # Celery warns when a worker is built as root (as CI runs); that is not what these test.
 pytestmark = pytest.mark.filterwarnings("ignore::celery.exceptions.SecurityWarning")
+
+
+@pytest.fixture(autouse=True)
+def _joins_unblocked() -> Iterator[None]:
+    """A WorkController built here marks the process as a worker (``.get()`` would then
+    refuse, in a later test of this process); undo that after each test."""
+    yield
+    celery_state._set_task_join_will_block(False)
 
 
 def _worker(app: Celery, pool: str = "threads") -> object:

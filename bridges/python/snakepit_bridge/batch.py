@@ -14,15 +14,11 @@ PayloadTooLarge error, as an oversized Execute result is.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import grpc
 
 from snakepit_bridge._proto import bridge_pb2
+from snakepit_bridge.calls import CallHold, CallRunner
 from snakepit_bridge.commands import Failure
-
-if TYPE_CHECKING:
-    from snakepit_bridge.service import BridgeService, CallHold
 
 __all__ = ["BUDGET_SHARE", "ITEM_OVERHEAD", "run_batch"]
 
@@ -33,7 +29,7 @@ ITEM_OVERHEAD = 16
 
 
 def run_batch(
-    service: BridgeService,
+    runner: CallRunner,
     request: bridge_pb2.ExecuteBatchRequest,
     context: grpc.ServicerContext,
     call: CallHold,
@@ -43,21 +39,21 @@ def run_batch(
     Raises:
         Failure: the command is unknown or a stream command (the whole call fails).
     """
-    cmd = service._unary(request.command)
-    limit = service.max_message_bytes
+    cmd = runner.unary_command(request.command)
+    limit = runner.max_message_bytes
     budget = int(limit * BUDGET_SHARE)
     what = f"the result of command {cmd.name!r}"
     results: list[bridge_pb2.ItemResult] = []
     used = 0
-    stats = service.stats
+    stats = runner.stats
     for item in request.items:
-        if used >= budget or service.stopping.is_set() or not context.is_active():
+        if used >= budget or runner.stopping.is_set() or not context.is_active():
             break  # the rest is sent again (or the caller is gone, or so is the bridge)
         stats.requests += 1
         try:
-            kwargs = service._args(cmd, item)
-            value = service._invoke(cmd, kwargs, service._context(request, context), context, call)
-            payload, size = service._payload(value, what)
+            kwargs = runner.bind_args(cmd, item)
+            value = runner.invoke(cmd, kwargs, runner.call_context(request, context), context, call)
+            payload, size = runner.encode(value, what)
             if used + size + ITEM_OVERHEAD > limit:
                 raise Failure(
                     "COMMAND_ERROR",
@@ -67,7 +63,7 @@ def run_batch(
                 )
             outcome = bridge_pb2.ItemResult(ok=True, result=payload)
         except Failure as failure:
-            outcome = bridge_pb2.ItemResult(ok=False, error=service._detail(failure))
+            outcome = bridge_pb2.ItemResult(ok=False, error=runner.detail(failure))
             size = outcome.ByteSize()
         used += size + ITEM_OVERHEAD
         results.append(outcome)

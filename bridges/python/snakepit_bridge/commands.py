@@ -51,7 +51,15 @@ _HERE = os.path.dirname(os.path.abspath(__file__))
 _PLUMBING = (
     *(
         os.path.join(_HERE, name)
-        for name in ("commands.py", "service.py", "batch.py", "streams.py", "aio.py", "sessions.py")
+        for name in (
+            "commands.py",
+            "calls.py",
+            "service.py",
+            "batch.py",
+            "streams.py",
+            "aio.py",
+            "sessions.py",
+        )
     ),
     os.path.dirname(os.path.abspath(concurrent.futures.__file__)) + os.sep,
     os.path.dirname(os.path.abspath(asyncio.__file__)) + os.sep,

@@ -8,17 +8,16 @@ Describe reports how many calls still run handler code (``active_calls``): a
 cancelled call is over for gRPC at once, but its command may go on (a sync
 command between two looks at ``context.cancelled``, a generator in a long
 step), and the pool must not hand the bridge to the next caller, or must kill
-it, while that is so.
+it, while that is so. The steps of one call (bind, run, encode) are
+:class:`~snakepit_bridge.calls.CallRunner`'s, shared with the batch runner.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import os
 import platform
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import grpc
@@ -27,9 +26,9 @@ from snakepit_bridge import tracing, wire
 from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
 from snakepit_bridge.aio import LoopThread
 from snakepit_bridge.batch import run_batch
-from snakepit_bridge.commands import Command, Failure, discover, failure_from
-from snakepit_bridge.handler import BridgeStats, CallContext, Handler, reset_context, set_context
-from snakepit_bridge.sessions import SessionTable
+from snakepit_bridge.calls import ActiveCalls, CallHold, CallRunner, on_end
+from snakepit_bridge.commands import Failure
+from snakepit_bridge.handler import Handler
 from snakepit_bridge.streams import StreamRun
 
 __all__ = ["ERROR_METADATA_KEY", "PROTOCOL_VERSION", "ActiveCalls", "BridgeService", "CallHold"]
@@ -53,80 +52,16 @@ _STATUS = {
 _TYPE_STATUS = {"PayloadTooLarge": grpc.StatusCode.RESOURCE_EXHAUSTED, "WireError": grpc.StatusCode.INTERNAL}
 
 
-class ActiveCalls:
-    """The number of calls whose handler code is still running (Describe's ``active_calls``)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        #: Calls with at least one part still running.
-        self.count = 0
-
-    def open(self) -> CallHold:
-        """Count a new call, held by the gRPC thread that took it."""
-        return CallHold(self)
-
-
-class CallHold:
-    """One call's place in the count, shared by the parts of it that run.
-
-    The gRPC thread holds it while it runs the command; an async command's
-    task and a stream's producer take a hold of their own, because either
-    may outlive the gRPC call after a cancel. The last release uncounts it.
-    """
-
-    __slots__ = ("_holders", "_owner")
-
-    def __init__(self, owner: ActiveCalls) -> None:
-        self._owner = owner
-        self._holders = 1
-        with owner.lock:
-            owner.count += 1
-
-    def hold(self) -> None:
-        owner = self._owner
-        with owner.lock:
-            if self._holders == 0:  # NOTE: never expected; keeps the count exact if it happens
-                owner.count += 1
-            self._holders += 1
-
-    def release(self) -> None:
-        owner = self._owner
-        with owner.lock:
-            self._holders -= 1
-            if self._holders == 0:
-                owner.count -= 1
-
-
-class BridgeService(bridge_pb2_grpc.BridgeServicer):
+class BridgeService(CallRunner, bridge_pb2_grpc.BridgeServicer):
     """Serves one handler's commands."""
 
     def __init__(self, handler: Handler, *, max_message_bytes: int, loop: LoopThread) -> None:
-        self.handler = handler
-        self.commands: dict[str, Command] = discover(handler)
-        self.stats = BridgeStats()
-        handler.stats = self.stats
-        self.sessions = SessionTable(handler, self.stats)
-        self.max_message_bytes = max_message_bytes
-        self.loop = loop
-        #: Set when the bridge stops (SIGTERM, its parent's death): a batch then
-        #: starts no further item, since nobody may be left to take the answer.
-        self.stopping = threading.Event()
+        super().__init__(handler, max_message_bytes=max_message_bytes, loop=loop)
         self._streams: set[StreamRun] = set()
         self._streams_lock = threading.Lock()
-        self.active = ActiveCalls()
         self._handler_name = f"{type(handler).__module__}:{type(handler).__qualname__}"
 
     # -- helpers --------------------------------------------------------------
-
-    def _detail(self, failure: Failure) -> bridge_pb2.ErrorDetail:
-        """The wire form of a failure (counted as an error)."""
-        self.stats.errors += 1
-        return bridge_pb2.ErrorDetail(
-            kind=bridge_pb2.ErrorDetail.Kind.Value(failure.kind),
-            type=failure.type_name,
-            message=failure.message,
-            traceback=failure.traceback,
-        )
 
     def _abort(
         self, context: grpc.ServicerContext, failure: Failure, traced: Any = None, *, chunks: int = 0
@@ -137,7 +72,7 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
             tracing.fail_span(
                 traced[0], failure.kind.lower(), failure.type_name, failure.message, failure.traceback
             )
-        detail = self._detail(failure)
+        detail = self.detail(failure)
         context.set_trailing_metadata(((ERROR_METADATA_KEY, detail.SerializeToString()),))
         code = _TYPE_STATUS.get(failure.type_name) or _STATUS[failure.kind]
         text = (
@@ -145,131 +80,7 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
         )
         context.abort(code, text)
 
-    def _lookup(self, name: str) -> Command:
-        cmd = self.commands.get(name)
-        if cmd is None:
-            raise Failure(
-                "UNKNOWN_COMMAND",
-                "UnknownCommand",
-                f"unknown command {name!r}; the commands there are: {', '.join(sorted(self.commands))}",
-            )
-        return cmd
-
-    def _args(self, cmd: Command, payload: bridge_pb2.Payload) -> dict[str, Any]:
-        size = (
-            len(payload.json) + sum(len(blob) for blob in payload.blobs)
-            if payload.blobs
-            else len(payload.json)
-        )
-        if size > self.max_message_bytes:
-            raise Failure(
-                "INVALID_ARGUMENTS",
-                "PayloadTooLarge",
-                f"arguments of command {cmd.name!r} are {size} bytes, over the limit of "
-                f"{self.max_message_bytes} bytes",
-            )
-        try:
-            args = wire.decode(payload.json, list(payload.blobs))
-        except wire.WireError as exc:
-            raise Failure("INVALID_ARGUMENTS", "InvalidArguments", f"command {cmd.name!r}: {exc}") from None
-        return cmd.bind(args)
-
-    def _payload(
-        self, value: Any, what: str, *, into: bridge_pb2.Payload | None = None
-    ) -> tuple[bridge_pb2.Payload, int]:
-        try:
-            data, blobs = wire.encode(value)
-        except wire.WireError as exc:
-            raise Failure("COMMAND_ERROR", "WireError", f"{what} cannot be sent: {exc}") from None
-        size = len(data) + sum(len(blob) for blob in blobs) if blobs else len(data)
-        if size > self.max_message_bytes:
-            raise Failure(
-                "COMMAND_ERROR",
-                "PayloadTooLarge",
-                f"{what} is {size} bytes, over the limit of {self.max_message_bytes} bytes",
-            )
-        if into is None:
-            return bridge_pb2.Payload(json=data, blobs=blobs), size
-        # Filled in place: a Payload built first would be copied whole into its parent message.
-        into.json = data
-        into.blobs.extend(blobs)
-        return into, size
-
-    def _context(
-        self,
-        request: bridge_pb2.ExecuteRequest | bridge_pb2.ExecuteBatchRequest,
-        context: grpc.ServicerContext,
-    ) -> CallContext:
-        sid = request.session_id
-        state = self.sessions.state_for(sid) if sid else self.sessions.global_state
-        if request.timeout > 0:
-            deadline: float | None = time.monotonic() + request.timeout
-        else:
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else time.monotonic() + remaining
-        return CallContext(sid or None, state, request.request_id or None, deadline)
-
-    def _invoke(
-        self,
-        cmd: Command,
-        kwargs: dict[str, Any],
-        ctx: CallContext,
-        context: grpc.ServicerContext,
-        call: CallHold,
-    ) -> Any:
-        """Run a unary command (sync, or async on the loop) and return its result."""
-        token = set_context(ctx)
-        try:
-            if cmd.is_async:
-                traced = tracing.capture()  # the loop's task runs under the call's span
-
-                async def run() -> Any:
-                    # A task cancelled before its first step never gets here: no
-                    # handler code ran, so there is nothing to count.
-                    call.hold()
-                    tracing.activate(traced)
-                    try:
-                        return await cmd.method(**kwargs)
-                    finally:
-                        call.release()
-
-                future = self.loop.submit(run())
-
-                def cancel() -> None:
-                    ctx.cancelled.set()
-                    future.cancel()
-
-                _on_end(context, cancel)
-                return future.result()
-            _on_end(context, ctx.cancelled.set)
-            return cmd.method(**kwargs)
-        except concurrent.futures.CancelledError:
-            raise Failure("CANCELLED", "CancelledError", f"command {cmd.name!r} was cancelled") from None
-        except Exception as exc:
-            raise failure_from(exc, cmd.name) from None
-        finally:
-            reset_context(token)
-            self._check_deadline(cmd, ctx)
-
-    @staticmethod
-    def _check_deadline(cmd: Command, ctx: CallContext) -> None:
-        if ctx.deadline is not None and time.monotonic() > ctx.deadline:
-            raise Failure("TIMEOUT", "TimeoutError", f"command {cmd.name!r} ran past its deadline")
-        if ctx.cancelled.is_set():
-            raise Failure("CANCELLED", "CancelledError", f"command {cmd.name!r} was cancelled")
-
     # -- the RPCs -------------------------------------------------------------
-
-    def _unary(self, name: str) -> Command:
-        """The command ``name`` for a unary call (Execute, ExecuteBatch)."""
-        cmd = self._lookup(name)
-        if cmd.stream:
-            raise Failure(
-                "INVALID_ARGUMENTS",
-                "InvalidArguments",
-                f"command {cmd.name!r} is a stream command; call it with ExecuteStream",
-            )
-        return cmd
 
     def Execute(
         self, request: bridge_pb2.ExecuteRequest, context: grpc.ServicerContext
@@ -279,11 +90,11 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
         traced = tracing.start_span("Execute", request.command, request.session_id, context)
         token = tracing.activate(traced and traced[1])
         try:
-            cmd = self._unary(request.command)
-            kwargs = self._args(cmd, request.args)
-            result = self._invoke(cmd, kwargs, self._context(request, context), context, call)
+            cmd = self.unary_command(request.command)
+            kwargs = self.bind_args(cmd, request.args)
+            result = self.invoke(cmd, kwargs, self.call_context(request, context), context, call)
             response = bridge_pb2.ExecuteResponse()
-            self._payload(result, f"the result of command {cmd.name!r}", into=response.result)
+            self.encode(result, f"the result of command {cmd.name!r}", into=response.result)
             if traced:
                 tracing.end_span(traced[0])
             return response
@@ -323,13 +134,13 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
         token = tracing.activate(traced and traced[1])
         try:
             try:
-                cmd = self._lookup(request.command)
-                kwargs = self._args(cmd, request.args)
-                ctx = self._context(request, context)
+                cmd = self.lookup(request.command)
+                kwargs = self.bind_args(cmd, request.args)
+                ctx = self.call_context(request, context)
                 if not cmd.stream:
                     # A unary command streamed: its result is the one chunk.
-                    payload, _ = self._payload(
-                        self._invoke(cmd, kwargs, ctx, context, call), f"the result of {cmd.name!r}"
+                    payload, _ = self.encode(
+                        self.invoke(cmd, kwargs, ctx, context, call), f"the result of {cmd.name!r}"
                     )
                     if traced:
                         tracing.end_span(traced[0], "ok", **{"snakepit.chunks": 1})
@@ -341,7 +152,7 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
                 cmd,
                 kwargs,
                 ctx,
-                lambda value: self._payload(value, f"a chunk of command {cmd.name!r}"),
+                lambda value: self.encode(value, f"a chunk of command {cmd.name!r}"),
                 self.loop,
                 batch_bytes=min(BATCH_BYTES, self.max_message_bytes),
                 on_closed=lambda: self._stream_closed(run, call),
@@ -350,7 +161,7 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
                 self._streams.add(run)
             self.stats.streams_started += 1
             call.hold()  # the producer's: it may outlive this call after a cancel
-            _on_end(context, run.cancel)
+            on_end(context, run.cancel)
             try:
                 run.start()
             except BaseException:
@@ -438,13 +249,3 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
         stopping = Failure("CANCELLED", "BridgeStopping", "the bridge is stopping; the stream was cut short")
         for run in runs:
             run.cancel(stopping)
-
-
-def _on_end(context: grpc.ServicerContext, callback: Callable[[], None]) -> None:
-    """Run ``callback`` when the call ends (a cancel), or now if it has ended already.
-
-    gRPC refuses a callback on a call that is already over (the caller
-    cancelled before the command started), and the command must still stop.
-    """
-    if not context.add_callback(callback):
-        callback()

@@ -44,7 +44,7 @@ from snakepit_celery.streaming.protocol import ACK_TTL, DEFAULT_STREAM_TTL, Outc
 
 __all__ = ["AsyncStream", "astream"]
 
-_DATA = 0  # the sync reader's kind of a data item (``streaming.client``)
+_DATA = 0  # the sync reader's kind of a data item (``streaming.reader.DATA``)
 
 
 class _LivePools(HostWatch):

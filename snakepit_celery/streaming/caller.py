@@ -4,48 +4,25 @@ The reader exists before the task is sent: it reads the task's Redis Stream
 from the very first entry, so there is no window in which a chunk can be
 published before anyone listens (the race a pub/sub subscriber has to close by
 subscribing first is absent by construction).
+
+``redis_client`` and ``stream_prefix`` are :mod:`~snakepit_celery.streaming.connection`'s,
+importable from here as before.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from typing import Any
 
-import redis
 from celery import Celery
 from celery.utils import uuid
 
 from snakepit_celery.api import app_or_current, config_for, resolve_redis_url
 from snakepit_celery.streaming.client import Stream
+from snakepit_celery.streaming.connection import redis_client, stream_prefix
 from snakepit_celery.streaming.pending import DEFAULT_START_TIMEOUT
 
 __all__ = ["redis_client", "stream", "stream_prefix"]
-
-_clients: dict[str, redis.Redis] = {}
-_lock = threading.Lock()
-
-
-def redis_client(url: str | None = None, app: Celery | None = None) -> redis.Redis:
-    """The shared Redis client of the streams' Redis (one connection pool per URL).
-
-    Args:
-        url: the Redis URL; None resolves it from ``app`` (``SNAKEPIT_REDIS_URL``,
-            then the app's result backend or broker when they are Redis).
-        app: the Celery app; None means the current app.
-    """
-    if url is None:
-        url = resolve_redis_url(app)  # None: the current app
-    with _lock:
-        client = _clients.get(url)
-        if client is None:
-            client = _clients[url] = redis.Redis.from_url(url)
-        return client
-
-
-def stream_prefix(app: Celery | None = None) -> str:
-    """The key prefix of ``app``'s streams (its config's ``queue_prefix``)."""
-    return config_for(app).queue_prefix  # None: the current app
 
 
 def stream(

@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python benchmarks/faults.py`` (about 5 minutes on 2 cores; longer
 when callers are stranded, since they are waited for up to ``--bound`` seconds).
 
-The scenarios are the fault suite's own (``tests/faults/scenarios.py``): real
+The scenarios are the fault suite's own (``tests/faults/scenarios/``): real
 workers in subprocesses, real bridges, a private Redis (and the machine's
 RabbitMQ under a unique prefix, whose queues are deleted afterwards):
 

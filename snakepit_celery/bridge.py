@@ -9,6 +9,7 @@ this module only knows how.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import time
@@ -30,6 +31,8 @@ _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 _SERVING = health_pb2.HealthCheckResponse.SERVING
 #: Seconds between looks for the bridge's socket file while it starts.
 _SOCKET_POLL = 0.004
+#: How long a reopened unary channel may take to connect (the bridge is running).
+_REOPEN_TIMEOUT = 5.0
 
 
 def spawn_process(spec: LaunchSpec) -> SpawnedProcess:
@@ -84,6 +87,9 @@ class Bridge:
         #: The pool slot it serves (set by the pool).
         self.slot: Any = None
         self._channel: grpc.Channel | None = None
+        #: The channel of ``execute_raw`` alone, so that closing it interrupts
+        #: the one unary call the bridge runs and nothing else (see ``interrupt_execute``).
+        self._unary_channel: grpc.Channel | None = None
         self.execute_call: Any = None
         self.execute_raw: Any = None
         self.batch_call: Any = None
@@ -135,8 +141,7 @@ class Bridge:
                 raise self._fail(f"exited before serving ({describe_status(self.process.reap())})")
         stub = bridge_pb2_grpc.BridgeStub(channel)
         self.execute_call = stub.Execute
-        #: Execute on wire bytes both ways (see ``rpc.execute_request``): big blobs copied once.
-        self.execute_raw = channel.unary_unary("/snakepit.bridge.v1.Bridge/Execute")
+        self.open_unary_channel(max(deadline - time.monotonic(), _SOCKET_POLL))
         self.batch_call = stub.ExecuteBatch
         self.stream_call = stub.ExecuteStream
         self.init_session_call = stub.InitSession
@@ -146,6 +151,44 @@ class Bridge:
         return self.serving_at - self.launched_at
 
     # -- calls ---------------------------------------------------------------
+
+    def open_unary_channel(self, timeout: float = _REOPEN_TIMEOUT) -> None:
+        """(Re)open the channel of ``execute_raw``: Execute on wire bytes both ways
+        (see ``rpc.execute_request``), so big blobs are copied once.
+
+        A blocking grpcio call has no handle another thread could cancel, and a
+        future costs a thread per call (grpcio starts its channel's event thread
+        whenever no call is in flight). The unary calls therefore block on a
+        channel of their own, which :meth:`interrupt_execute` closes: the bridge
+        runs one unary call at a time, so that cancels exactly it.
+
+        The channel is connected here (one health check, within ``timeout``),
+        as the main one is at start: a call then fails as a crash when the
+        bridge dies under it, not as one that never reached the bridge.
+        """
+        channel = grpc.insecure_channel(
+            f"unix:{self.socket_path}", options=channel_options(self.max_message_bytes)
+        )
+        old, self._unary_channel = self._unary_channel, channel
+        self.execute_raw = channel.unary_unary("/snakepit.bridge.v1.Bridge/Execute")
+        if old is not None:
+            old.close()
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        with contextlib.suppress(grpc.RpcError):  # a dead bridge: its next call says so
+            check(health_pb2.HealthCheckRequest(service=""), timeout=timeout, wait_for_ready=True)
+
+    def interrupt_execute(self) -> None:
+        """Cancel the unary call in flight (from any thread): its channel is closed, the
+        call fails with ``CANCELLED`` and the bridge sees the cancel. The caller that
+        owns the call reopens the channel (:meth:`open_unary_channel`) before the
+        bridge serves again."""
+        channel = self._unary_channel
+        if channel is not None:
+            channel.close()
 
     def init_session(self, session_id: str, data: bridge_pb2.Payload, timeout: float | None) -> None:
         self.init_session_call(
@@ -212,5 +255,7 @@ class Bridge:
     def close_channel(self) -> None:
         """Drop the channel (idempotent); in-flight calls on it fail at once."""
         channel, self._channel = self._channel, None
-        if channel is not None:
-            channel.close()
+        unary, self._unary_channel = self._unary_channel, None
+        for each in (channel, unary):
+            if each is not None:
+                each.close()

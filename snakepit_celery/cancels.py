@@ -9,7 +9,8 @@ where the call is:
 
 * waiting for a bridge: its place in the queue is withdrawn and the call ends
   with ``CommandCancelled``; it never starts;
-* on a bridge: its gRPC call is cancelled. The bridge's handler sees it (the
+* on a bridge: its gRPC call is cancelled (its channel is closed, see
+  :meth:`~snakepit_celery.bridge.Bridge.interrupt_execute`). The bridge's handler sees it (the
   Python SDK sets ``context.cancelled`` and cancels an async command's task;
   the Node.js SDK aborts ``ctx.signal``), and the pool keeps the bridge
   borrowed until the bridge reports the command ended, or kills and replaces
@@ -28,6 +29,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
+from snakepit_celery.errors import CommandCancelled
+
 __all__ = ["REMEMBERED", "CallCancels", "Ticket", "cancel_call", "cancels"]
 
 #: Cancels of ids not (yet) running here that are kept for a call that starts late.
@@ -38,35 +41,54 @@ class Ticket:
     """One running call's cancel: what it waits on now.
 
     ``withdraw`` is set (under the pool's lock) while the call waits for a
-    bridge, ``future`` once it runs on one. ``cancel`` sets ``cancelled``
-    before it reads either, and each is checked after it is set, so a cancel
-    never falls between the two.
+    bridge; ``interrupt`` while a gRPC call runs on one (:meth:`attempt`).
+    ``cancel`` sets ``cancelled`` before it reads either, and each is checked
+    after it is set, so a cancel never falls between the two. ``interrupt``
+    is set, run and cleared under the ticket's lock: a cancel that comes as
+    the call ends cannot interrupt the next call the bridge runs.
     """
 
-    __slots__ = ("cancelled", "future", "request_id", "withdraw")
+    __slots__ = ("_lock", "cancelled", "interrupt", "interrupted", "request_id", "withdraw")
 
     def __init__(self, request_id: str) -> None:
         self.request_id = request_id
         self.cancelled = False
         #: Takes the call's place out of the pool's queue (it then raises ``CommandCancelled``).
         self.withdraw: Callable[[], None] | None = None
-        #: The call's gRPC future while it runs on a bridge.
-        self.future: Any = None
+        #: Stops the gRPC call in flight (:meth:`Bridge.interrupt_execute`).
+        self.interrupt: Callable[[], None] | None = None
+        #: ``interrupt`` was run: the bridge's unary channel must be reopened.
+        self.interrupted = False
+        self._lock = threading.Lock()
 
-    def run(self, future: Any) -> None:
-        """The call now runs as ``future``; cancel it at once if the cancel came first."""
-        self.future = future
-        if self.cancelled:
-            future.cancel()
+    def attempt(
+        self, interrupt: Callable[[], None], call: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """``call(*args, **kwargs)``, which a cancel stops by running ``interrupt``.
+
+        Raises:
+            CommandCancelled: the cancel came before the call was made.
+        """
+        with self._lock:
+            if self.cancelled:
+                raise CommandCancelled("the call was cancelled before it started")
+            self.interrupt = interrupt
+        try:
+            return call(*args, **kwargs)
+        finally:
+            with self._lock:
+                self.interrupt = None
 
     def cancel(self) -> None:
-        self.cancelled = True
+        with self._lock:
+            self.cancelled = True
+            interrupt = self.interrupt
+            if interrupt is not None:
+                self.interrupted = True
+                interrupt()
         withdraw = self.withdraw
         if withdraw is not None:
             withdraw()
-        future = self.future
-        if future is not None:
-            future.cancel()
 
 
 class CallCancels:

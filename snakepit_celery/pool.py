@@ -234,19 +234,26 @@ class BridgePool(PoolLifecycle):
                     wait = hard or None
                     if ticket is None:
                         reply = bridge.execute_raw(request, timeout=wait, metadata=trace.metadata)
-                    else:  # a future, which another thread can cancel
-                        future = bridge.execute_raw.future(request, timeout=wait, metadata=trace.metadata)
-                        ticket.run(future)
-                        reply = future.result()
+                    else:  # blocking, and interrupted from the cancelling thread
+                        reply = ticket.attempt(
+                            bridge.interrupt_execute, bridge.execute_raw, request,
+                            timeout=wait, metadata=trace.metadata,
+                        )  # fmt: skip
                 except (grpc.RpcError, ValueError) as exc:
+                    if ticket is not None and ticket.interrupted:
+                        bridge.open_unary_channel()
+                        settle_cancelled(self, slot, bridge, command)  # given back once the bridge stopped it
+                        raise CommandCancelled(f"{command!r} was cancelled while it ran") from None
                     error = attempts.failed(self, slot, bridge, exc, command, hard)
-                except grpc.FutureCancelledError:
-                    settle_cancelled(self, slot, bridge, command)  # given back once the bridge stopped it
-                    raise CommandCancelled(f"{command!r} was cancelled while it ran") from None
+                except CommandCancelled:  # before the call was made: the bridge never saw it
+                    self._release(slot, bridge, counted=False)
+                    raise
                 except BaseException:
                     self._release(slot, bridge, failed=True)
                     raise
                 else:
+                    if ticket is not None and ticket.interrupted:  # a cancel as the reply came
+                        bridge.open_unary_channel()
                     self._release(slot, bridge)
                     del request  # the reply's blobs are copied out next: one copy fewer alive
                     result = decode_execute_reply(reply)

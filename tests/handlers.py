@@ -46,8 +46,11 @@ class TestHandler(ShowcaseHandler):
         return facts
 
     @command
-    def hang(self, seconds: float = 3600.0) -> dict[str, Any]:
-        """Block without looking at cancellation: only a kill ends it."""
+    def hang(self, seconds: float = 3600.0, log: str = "") -> dict[str, Any]:
+        """Block without looking at cancellation: only a kill ends it (``hanging`` to ``log`` first)."""
+        if log:
+            with open(log, "a") as f:
+                f.write("hanging\n")
         time.sleep(seconds)
         return {"pid": os.getpid()}
 

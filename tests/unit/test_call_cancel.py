@@ -91,11 +91,14 @@ def test_a_running_call_is_cancelled_in_its_bridge_which_stays(
     assert cancel_call(task_id) is False  # over: nothing to cancel
 
 
-def test_a_call_that_ignores_the_cancel_has_its_bridge_replaced(make_pool: PoolFactory) -> None:
+def test_a_call_that_ignores_the_cancel_has_its_bridge_replaced(
+    make_pool: PoolFactory, tmp_path: Path
+) -> None:
     pool = make_pool(size=1, cancel_grace=0.5)
     pid = only_pid(pool)
-    call = Call(pool, "hang", {"seconds": 60}, "task-h")
-    wait_until(lambda: pool.stats()["busy"] == 1, 10, "the call on its bridge")
+    log = tmp_path / "log"
+    call = Call(pool, "hang", {"seconds": 60, "log": str(log)}, "task-h")
+    wait_until(lambda: "hanging" in lines(log), 10, "the command running in its bridge")
     wait_until(lambda: cancel_call("task-h"), 5, "the call cancellable")
     assert type(call.outcome()) is CommandCancelled  # at once, for the caller
     wait_until(lambda: idle(pool) and only_pid(pool) != pid, 10, "the bridge replaced")

@@ -29,6 +29,7 @@ from snakepit_bridge.aio import LoopThread
 from snakepit_bridge.batch import run_batch
 from snakepit_bridge.commands import Command, Failure, discover, failure_from
 from snakepit_bridge.handler import BridgeStats, CallContext, Handler, reset_context, set_context
+from snakepit_bridge.rawexec import RAW_BYTES, BigRequest, execute_response
 from snakepit_bridge.sessions import SessionTable
 from snakepit_bridge.streams import StreamRun
 
@@ -155,12 +156,13 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
             )
         return cmd
 
-    def _args(self, cmd: Command, payload: bridge_pb2.Payload) -> dict[str, Any]:
-        size = (
-            len(payload.json) + sum(len(blob) for blob in payload.blobs)
-            if payload.blobs
-            else len(payload.json)
-        )
+    def _args(
+        self, cmd: Command, payload: bridge_pb2.Payload, blobs: list[bytes] | None = None
+    ) -> dict[str, Any]:
+        """The command's arguments; ``blobs``: those of a big request, read out of its wire bytes."""
+        if blobs is None:
+            blobs = list(payload.blobs) if payload.blobs else []
+        size = len(payload.json) + sum(len(blob) for blob in blobs) if blobs else len(payload.json)
         if size > self.max_message_bytes:
             raise Failure(
                 "INVALID_ARGUMENTS",
@@ -169,14 +171,13 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
                 f"{self.max_message_bytes} bytes",
             )
         try:
-            args = wire.decode(payload.json, list(payload.blobs))
+            args = wire.decode(payload.json, blobs)
         except wire.WireError as exc:
             raise Failure("INVALID_ARGUMENTS", "InvalidArguments", f"command {cmd.name!r}: {exc}") from None
         return cmd.bind(args)
 
-    def _payload(
-        self, value: Any, what: str, *, into: bridge_pb2.Payload | None = None
-    ) -> tuple[bridge_pb2.Payload, int]:
+    def _encoded(self, value: Any, what: str) -> tuple[bytes, list[bytes], int]:
+        """``value``'s JSON, blobs and size, refused when it cannot be sent or is too large."""
         try:
             data, blobs = wire.encode(value)
         except wire.WireError as exc:
@@ -188,6 +189,12 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
                 "PayloadTooLarge",
                 f"{what} is {size} bytes, over the limit of {self.max_message_bytes} bytes",
             )
+        return data, blobs, size
+
+    def _payload(
+        self, value: Any, what: str, *, into: bridge_pb2.Payload | None = None
+    ) -> tuple[bridge_pb2.Payload, int]:
+        data, blobs, size = self._encoded(value, what)
         if into is None:
             return bridge_pb2.Payload(json=data, blobs=blobs), size
         # Filled in place: a Payload built first would be copied whole into its parent message.
@@ -271,21 +278,32 @@ class BridgeService(bridge_pb2_grpc.BridgeServicer):
             )
         return cmd
 
-    def Execute(
-        self, request: bridge_pb2.ExecuteRequest, context: grpc.ServicerContext
-    ) -> bridge_pb2.ExecuteResponse:
+    def Execute(  # type: ignore[override]  # a big result goes as its wire bytes
+        self, request: bridge_pb2.ExecuteRequest | BigRequest, context: grpc.ServicerContext
+    ) -> bridge_pb2.ExecuteResponse | bytes:
+        """A unary call; a big request (or result) on wire bytes, see :mod:`snakepit_bridge.rawexec`."""
+        blobs = None
+        if isinstance(request, BigRequest):
+            request, blobs = request.take()  # grpcio holds the request until the reply is sent
         self.stats.requests += 1
         call = self.active.open()
         traced = tracing.start_span("Execute", request.command, request.session_id, context)
         token = tracing.activate(traced and traced[1])
         try:
             cmd = self._unary(request.command)
-            kwargs = self._args(cmd, request.args)
+            kwargs = self._args(cmd, request.args, blobs)
+            blobs = None
             result = self._invoke(cmd, kwargs, self._context(request, context), context, call)
-            response = bridge_pb2.ExecuteResponse()
-            self._payload(result, f"the result of command {cmd.name!r}", into=response.result)
+            kwargs = {}  # big arguments go before the result is copied into the reply
+            data, out, _ = self._encoded(result, f"the result of command {cmd.name!r}")
+            result = None  # its blobs live in ``out`` alone until the reply holds them
             if traced:
                 tracing.end_span(traced[0])
+            if sum(len(blob) for blob in out) >= RAW_BYTES:
+                return execute_response(data, out)
+            response = bridge_pb2.ExecuteResponse()  # filled in place: a Payload would be copied in
+            response.result.json = data
+            response.result.blobs.extend(out)
             return response
         except Failure as failure:
             self._abort(context, failure, traced)

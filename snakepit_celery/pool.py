@@ -49,6 +49,7 @@ from snakepit_celery.errors import (
 )
 from snakepit_celery.failures import Attempts, rpc_failed
 from snakepit_celery.lifecycle import PoolLifecycle
+from snakepit_celery.payloads.codec import fetch_waiting
 from snakepit_celery.pool_batch import run_batch
 from snakepit_celery.rpc import decode_execute_reply, encode_payload, execute_request
 from snakepit_celery.telemetry import Telemetry
@@ -206,7 +207,7 @@ class BridgePool(PoolLifecycle):
             hard = self.config.hard_timeout(command, timeout)
             request = execute_request(
                 command,
-                args,
+                fetch_waiting(args),  # a task's big bytes, fetched only now: they live in the request alone
                 limit=self._payload_limit,
                 session_id=session_id or "",
                 timeout=hard,

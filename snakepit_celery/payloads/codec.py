@@ -10,6 +10,10 @@ included) except that a ``bytes`` value longer than the app's
   the worker's consumer prefetches holds no payload; the worker fetches them
   (one MGET) in ``task_prerun``, in the task's own thread, right before the
   task runs, and deletes them once the task has finished (``task_postrun``).
+  ``snakepit.execute`` fetches its own later, as it builds the bridge's
+  request (:func:`fetch_waiting`): its arguments keep the references, so
+  the bytes live in that request alone, not also in Celery's arguments for
+  the whole call.
   A call that is rejected, retried or ignored keeps them for its next copy,
   as a call whose worker died does; their TTL removes what is never run.
 * ``snakepit-result`` (``application/x-snakepit-result+json``), the result
@@ -40,9 +44,10 @@ from typing import Any
 from celery import Celery, signals
 from kombu.serialization import register
 from kombu.utils import json as kombu_json
+from snakepit_bridge.wire import NDArray, WireError
 
 from snakepit_celery.api import app_or_current
-from snakepit_celery.errors import ConfigurationError, PayloadTooLarge
+from snakepit_celery.errors import ConfigurationError, InvalidArguments, PayloadTooLarge
 from snakepit_celery.payloads.arrays import PendingArray, build, encode_array
 from snakepit_celery.payloads.store import PayloadStore, expired, prefix_of, store_for_app, store_for_prefix
 
@@ -53,6 +58,7 @@ __all__ = [
     "RESULT_SERIALIZER",
     "PayloadRef",
     "complete_result",
+    "fetch_waiting",
     "parse_result",
     "register_app",
     "sending",
@@ -68,10 +74,13 @@ REF_TYPE = "snakepit_ref"
 _MARK = '"snakepit_ref"'
 #: Task states after which a message comes again (or already did): its payloads stay.
 _COMES_AGAIN = frozenset({"IGNORED", "RETRY", "REJECTED"})
+#: Tasks whose payloads wait in Redis until the bridge's request is built (:func:`fetch_waiting`).
+_FETCHED_LATE = frozenset({"snakepit.execute"})
 
 _apps: weakref.WeakSet[Celery] = weakref.WeakSet()
 #: Per thread: ``routing_key`` of the message being published, ``decoded`` (the refs of
-#: the message the task thread just decoded) and ``taken`` (those the running task fetched).
+#: the message the task thread just decoded), ``taken`` (those the running task fetched,
+#: or will) and ``waiting`` (the running task fetches its own: :func:`fetch_waiting`).
 _local = threading.local()
 
 
@@ -122,12 +131,29 @@ class _Encoder(kombu_json.JSONEncoder):
     """kombu's encoder; big bytes become references, to be stored once the document is done."""
 
     def __init__(
-        self, *, store: PayloadStore | None, pending: list[tuple[str, bytes]], **kwargs: Any
+        self,
+        *,
+        store: PayloadStore | None,
+        pending: list[tuple[str, bytes]],
+        copy_refs: bool = False,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        self.store, self.pending = store, pending
+        self.store, self.pending, self.copy_refs = store, pending, copy_refs
 
     def default(self, o: Any) -> Any:
+        if self.copy_refs and isinstance(o, (PayloadRef, PendingArray)):
+            # An argument still waiting (a result's meta holds the arguments with
+            # ``result_extended``): its own copy, as its bytes would have had; the
+            # call's key goes when the call ends.
+            ref = o if isinstance(o, PayloadRef) else o.ref
+            data = _store_of(ref.key).get([ref.key])[0]
+            if data is not None:
+                return (
+                    data
+                    if isinstance(o, PayloadRef)
+                    else encode_array(NDArray(o.dtype, tuple(o.shape), data))
+                )
         if isinstance(o, PayloadRef):  # e.g. in a chain's later step, passed on as it came
             return _marker(o.key, o.size)
         store = self.store
@@ -141,9 +167,11 @@ class _Encoder(kombu_json.JSONEncoder):
         return super().default(o)  # type: ignore[no-untyped-call]
 
 
-def _encode(value: Any, store: PayloadStore | None) -> tuple[str, list[tuple[str, bytes]]]:
+def _encode(
+    value: Any, store: PayloadStore | None, *, copy_refs: bool = False
+) -> tuple[str, list[tuple[str, bytes]]]:
     pending: list[tuple[str, bytes]] = []
-    text = json.dumps(value, cls=_Encoder, store=store, pending=pending)
+    text = json.dumps(value, cls=_Encoder, store=store, pending=pending, copy_refs=copy_refs)
     return text, pending
 
 
@@ -200,7 +228,7 @@ def dumps_result(meta: Any) -> str:
     while the chord's join reads its own entries.
     """
     store = _installed_store()
-    text, pending = _encode(meta, store)
+    text, pending = _encode(meta, store, copy_refs=store is not None)
     if pending:
         assert store is not None
         store.put(pending)
@@ -335,6 +363,52 @@ def _refs_in(value: Any, into: list[PayloadRef]) -> list[PayloadRef]:
     return into
 
 
+def fetch_waiting(value: Any) -> Any:
+    """``value`` with the payloads the running task left waiting fetched; else ``value`` itself.
+
+    Only ``snakepit.execute`` leaves them waiting (see ``_on_prerun``); the
+    pool calls this as it builds the bridge's request, and drops the copy
+    once the request holds the bytes. Each container on the way to a
+    reference is copied, the task's own arguments are left as they came; an
+    array comes as an :class:`NDArray`, whose buffer the wire sends as it is.
+    Where the task has nothing waiting (every call but a big one's) this is
+    one attribute read.
+
+    Raises:
+        PayloadExpired: a payload is gone (past its TTL): the call never runs.
+        InvalidArguments: an array's dtype or shape does not fit its bytes.
+    """
+    if not getattr(_local, "waiting", False):
+        return value
+    refs = _refs_in(value, [])
+    if not refs:
+        return value
+    found = _fetch(refs, delete=False)
+    gone = next((ref for ref in refs if found.get(ref.key) is None), None)
+    if gone is not None:
+        raise expired(gone.key, gone.size)
+    try:
+        return _fetched(value, found)
+    except WireError as exc:
+        raise InvalidArguments(f"arguments: {exc}") from None
+
+
+def _fetched(value: Any, found: dict[str, bytes | None]) -> Any:
+    if isinstance(value, PayloadRef):
+        return found[value.key]
+    if isinstance(value, PendingArray):
+        data = found[value.ref.key]
+        assert data is not None
+        return NDArray(value.dtype, tuple(value.shape), data)
+    if isinstance(value, dict):
+        return {key: _fetched(item, found) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_fetched(item, found) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_fetched(item, found) for item in value)
+    return value
+
+
 def _on_publish(routing_key: str | None = None, **_: Any) -> None:
     _local.routing_key = routing_key  # read by the dumps of this very message, in this thread
 
@@ -343,13 +417,20 @@ def _on_published(**_: Any) -> None:
     _local.routing_key = None  # a message another serializer wrote leaves no key for the next
 
 
-def _on_prerun(task_id: str | None = None, args: Any = None, kwargs: Any = None, **_: Any) -> None:
+def _on_prerun(
+    sender: Any = None, task_id: str | None = None, args: Any = None, kwargs: Any = None, **_: Any
+) -> None:
     _local.taken = None
+    _local.waiting = False
     decoded = _local.__dict__.pop("decoded", None)
     if decoded is not None and not decoded:
         return  # the message this thread just decoded had none (the common case: no walk)
     refs = _refs_in(kwargs, _refs_in(args, []))
     if not refs:
+        return
+    if getattr(sender, "name", None) in _FETCHED_LATE:
+        _local.waiting = True
+        _local.taken = (task_id, [ref.key for ref in refs])  # deleted after the call, as fetched ones
         return
     try:
         found = _fetch(refs, delete=False)
@@ -366,6 +447,7 @@ def _on_prerun(task_id: str | None = None, args: Any = None, kwargs: Any = None,
 
 def _on_postrun(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
     taken, _local.taken = getattr(_local, "taken", None), None
+    _local.waiting = False
     if taken is None or taken[0] != task_id or state in _COMES_AGAIN or not taken[1]:
         return
     try:

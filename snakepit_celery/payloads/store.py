@@ -11,6 +11,7 @@ holds several apps (a test's callers, say).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: The part of a payload key after the prefix: ``<prefix>:payload:<uuid>``.
 KEY_PART = ":payload:"
+#: Replies at least this large in all are followed by a PING (see ``PayloadStore._let_go``).
+_BIG_READ = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -54,15 +57,21 @@ class PayloadStore:
         return f"{self.prefix}{KEY_PART}{uuid.uuid4().hex}"
 
     def put(self, items: Sequence[tuple[str, bytes]]) -> None:
-        """Store each ``(key, data)`` with the TTL, in one round trip."""
+        """Store each ``(key, data)`` with the TTL, in one round trip.
+
+        Each value goes as a memoryview: redis-py then sends the bytes as they
+        are, where with hiredis it would pack each command into a copy first
+        (two, for a moment: hiredis's buffer and the bytes made of it).
+        """
         with self.client.pipeline(transaction=False) as pipe:
             for key, data in items:
-                pipe.set(key, data, ex=self.ttl)
+                pipe.set(key, memoryview(data), ex=self.ttl)
             pipe.execute()
 
     def get(self, keys: Sequence[str]) -> list[bytes | None]:
         """The payloads of ``keys`` (None for a key that is gone), left in place."""
         values: list[bytes | None] = self.client.mget(keys) if keys else []  # type: ignore[assignment]
+        self._let_go(values)
         return values
 
     def take(self, keys: Sequence[str]) -> list[bytes | None]:
@@ -70,7 +79,22 @@ class PayloadStore:
         with self.client.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.getdel(key)
-            return list(pipe.execute())
+            values = list(pipe.execute())
+        self._let_go(values)
+        return values
+
+    def _let_go(self, values: Sequence[bytes | None]) -> None:
+        """Make the connection that read ``values`` free its read buffer, if they were big.
+
+        hiredis keeps its buffer, as large as the reply it last read, until
+        the connection reads again: a 50 MiB payload would be held twice, for
+        the whole call it is for. A PING is that read; the pool hands out the
+        connection given back last, so it is the same one (if another thread
+        took it meanwhile, that thread's command does the same).
+        """
+        if sum(len(v) for v in values if v is not None) >= _BIG_READ:
+            with contextlib.suppress(redis.RedisError):  # else the buffer goes with the next command
+                self.client.ping()
 
     def delete(self, keys: Sequence[str]) -> None:
         if keys:

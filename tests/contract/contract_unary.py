@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 import threading
 import time
@@ -158,6 +159,16 @@ class UnaryContract(ContractHooks):
         assert echoed == value
         for key in ("int", "big", "zero", "float", "none", "true", "bytes"):
             assert type(echoed[key]) is type(value[key]), key
+
+    def test_big_bytes_come_back_equal_and_the_call_fields_arrive(self, client: Client) -> None:
+        # Over 256 KiB: the Python bridge reads these out of the wire bytes, and writes the
+        # result's, by hand (snakepit_bridge.rawexec); the caller decodes them with protobuf.
+        big, other = os.urandom(512 * 1024), os.urandom(300 * 1024)
+        value = {"a": big, "b": [other, {"c": b"small"}], "n": 1, "s": "text"}
+        assert client.execute("echo", value, request_id="r-big", timeout=5.0) == {"echoed": value}
+        reply = client.execute("ping", {"pad": big}, session_id="big-session", request_id="r-big")
+        assert (reply["status"], reply["session_id"]) == ("ok", "big-session")
+        client.stub.EndSession(bridge_pb2.EndSessionRequest(session_id="big-session"), timeout=5)
 
     def test_arrays_travel_as_raw_buffers_with_dtype_and_shape(self, client: Client) -> None:
         # Written at the wire level: what any bridge receives from a numpy array.

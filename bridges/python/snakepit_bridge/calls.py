@@ -114,12 +114,13 @@ class CallRunner:
             )
         return cmd
 
-    def bind_args(self, cmd: Command, payload: bridge_pb2.Payload) -> dict[str, Any]:
-        size = (
-            len(payload.json) + sum(len(blob) for blob in payload.blobs)
-            if payload.blobs
-            else len(payload.json)
-        )
+    def bind_args(
+        self, cmd: Command, payload: bridge_pb2.Payload, blobs: list[bytes] | None = None
+    ) -> dict[str, Any]:
+        """The command's arguments; ``blobs``: those of a big request, read out of its wire bytes."""
+        if blobs is None:
+            blobs = list(payload.blobs) if payload.blobs else []
+        size = len(payload.json) + sum(len(blob) for blob in blobs) if blobs else len(payload.json)
         if size > self.max_message_bytes:
             raise Failure(
                 "INVALID_ARGUMENTS",
@@ -128,14 +129,13 @@ class CallRunner:
                 f"{self.max_message_bytes} bytes",
             )
         try:
-            args = wire.decode(payload.json, list(payload.blobs))
+            args = wire.decode(payload.json, blobs)
         except wire.WireError as exc:
             raise Failure("INVALID_ARGUMENTS", "InvalidArguments", f"command {cmd.name!r}: {exc}") from None
         return cmd.bind(args)
 
-    def encode(
-        self, value: Any, what: str, *, into: bridge_pb2.Payload | None = None
-    ) -> tuple[bridge_pb2.Payload, int]:
+    def encoded(self, value: Any, what: str) -> tuple[bytes, list[bytes], int]:
+        """``value``'s JSON, blobs and size, refused when it cannot be sent or is too large."""
         try:
             data, blobs = wire.encode(value)
         except wire.WireError as exc:
@@ -147,6 +147,12 @@ class CallRunner:
                 "PayloadTooLarge",
                 f"{what} is {size} bytes, over the limit of {self.max_message_bytes} bytes",
             )
+        return data, blobs, size
+
+    def encode(
+        self, value: Any, what: str, *, into: bridge_pb2.Payload | None = None
+    ) -> tuple[bridge_pb2.Payload, int]:
+        data, blobs, size = self.encoded(value, what)
         if into is None:
             return bridge_pb2.Payload(json=data, blobs=blobs), size
         # Filled in place: a Payload built first would be copied whole into its parent message.

@@ -25,10 +25,10 @@ from concurrent import futures
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from snakepit_bridge._proto import bridge_pb2_grpc
 from snakepit_bridge.aio import LoopThread
 from snakepit_bridge.handler import Handler
 from snakepit_bridge.parentwatch import watch_parent
+from snakepit_bridge.rawexec import add_servicer
 from snakepit_bridge.service import BridgeService
 
 __all__ = ["DEFAULT_MAX_MESSAGE_BYTES", "DEFAULT_MAX_WORKERS", "SERVICE_NAME", "STOP_GRACE", "serve"]
@@ -106,7 +106,7 @@ def serve(
             ("grpc.so_reuseport", 0),
         ],
     )
-    bridge_pb2_grpc.add_BridgeServicer_to_server(service, server)
+    add_servicer(service, server)  # Execute's big messages on wire bytes (rawexec)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
 

@@ -29,6 +29,7 @@ from snakepit_bridge.batch import run_batch
 from snakepit_bridge.calls import ActiveCalls, CallHold, CallRunner, on_end
 from snakepit_bridge.commands import Failure
 from snakepit_bridge.handler import Handler
+from snakepit_bridge.rawexec import RAW_BYTES, BigRequest, execute_response
 from snakepit_bridge.streams import StreamRun
 
 __all__ = ["ERROR_METADATA_KEY", "PROTOCOL_VERSION", "ActiveCalls", "BridgeService", "CallHold"]
@@ -82,21 +83,32 @@ class BridgeService(CallRunner, bridge_pb2_grpc.BridgeServicer):
 
     # -- the RPCs -------------------------------------------------------------
 
-    def Execute(
-        self, request: bridge_pb2.ExecuteRequest, context: grpc.ServicerContext
-    ) -> bridge_pb2.ExecuteResponse:
+    def Execute(  # type: ignore[override]  # a big result goes as its wire bytes
+        self, request: bridge_pb2.ExecuteRequest | BigRequest, context: grpc.ServicerContext
+    ) -> bridge_pb2.ExecuteResponse | bytes:
+        """A unary call; a big request (or result) on wire bytes, see :mod:`snakepit_bridge.rawexec`."""
+        blobs = None
+        if isinstance(request, BigRequest):
+            request, blobs = request.take()  # grpcio holds the request until the reply is sent
         self.stats.requests += 1
         call = self.active.open()
         traced = tracing.start_span("Execute", request.command, request.session_id, context)
         token = tracing.activate(traced and traced[1])
         try:
             cmd = self.unary_command(request.command)
-            kwargs = self.bind_args(cmd, request.args)
+            kwargs = self.bind_args(cmd, request.args, blobs)
+            blobs = None
             result = self.invoke(cmd, kwargs, self.call_context(request, context), context, call)
-            response = bridge_pb2.ExecuteResponse()
-            self.encode(result, f"the result of command {cmd.name!r}", into=response.result)
+            kwargs = {}  # big arguments go before the result is copied into the reply
+            data, out, _ = self.encoded(result, f"the result of command {cmd.name!r}")
+            result = None  # its blobs live in ``out`` alone until the reply holds them
             if traced:
                 tracing.end_span(traced[0])
+            if sum(len(blob) for blob in out) >= RAW_BYTES:
+                return execute_response(data, out)
+            response = bridge_pb2.ExecuteResponse()  # filled in place: a Payload would be copied in
+            response.result.json = data
+            response.result.blobs.extend(out)
             return response
         except Failure as failure:
             self._abort(context, failure, traced)

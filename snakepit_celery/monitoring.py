@@ -12,13 +12,13 @@ import logging
 from typing import TYPE_CHECKING
 
 from snakepit_celery import tracing
+from snakepit_celery.engine.telemetry import CallTrace, Telemetry
 from snakepit_celery.errors import ConfigurationError
 from snakepit_celery.signals import SignalTelemetry
-from snakepit_celery.telemetry import CallTrace, Telemetry
 
 if TYPE_CHECKING:
     from snakepit_celery.config import SnakepitConfig
-    from snakepit_celery.host import PoolHost
+    from snakepit_celery.engine.host import PoolHost
     from snakepit_celery.metrics import MetricsServer
 
 __all__ = ["WorkerTelemetry"]

@@ -30,13 +30,13 @@ import logging
 
 from celery.utils.dispatch import Signal
 
-from snakepit_celery.telemetry import Telemetry
+from snakepit_celery.engine.telemetry import Telemetry
 
 __all__ = ["SignalTelemetry", "bridge_exited", "bridge_initialized", "request_finished", "request_logger"]
 
 #: Sent when a call leaves the pool. Keyword arguments: ``pool``, ``command``,
 #: ``duration`` (seconds, float), ``outcome`` (one of
-#: :data:`snakepit_celery.telemetry.OUTCOMES`), ``task_id`` and ``session_id``
+#: :data:`snakepit_celery.engine.telemetry.OUTCOMES`), ``task_id`` and ``session_id``
 #: (None when there is none).
 request_finished = Signal(name="snakepit.request_finished")
 

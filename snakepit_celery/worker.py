@@ -15,7 +15,7 @@ The tasks reach the pools through :func:`current_host`.
 
 Celery's ``revoke`` is extended (the same command, name and arguments): after
 Celery's own handling, a unary call with that task id that is waiting for a
-bridge or running on one is cancelled (:mod:`snakepit_celery.cancels`), so
+bridge or running on one is cancelled (:mod:`snakepit_celery.engine.cancels`), so
 ``AsyncResult.revoke()``, ``celery control revoke``, Flower and a cancelled
 ``aexecute`` stop it in the bridge instead of letting it run to its end.
 """
@@ -34,14 +34,14 @@ from celery.utils.log import get_logger
 from celery.worker.control import control_command, inspect_command
 from celery.worker.control import revoke as _celery_revoke  # Celery's own handler, run first
 
-from snakepit_celery import grpcenv
 from snakepit_celery.api import config_for
-from snakepit_celery.cancels import cancel_call
 from snakepit_celery.config import SnakepitConfig
+from snakepit_celery.engine import grpcenv
+from snakepit_celery.engine.cancels import cancel_call
 from snakepit_celery.errors import ConfigurationError, SnakepitError
 
 if TYPE_CHECKING:
-    from snakepit_celery.host import PoolHost
+    from snakepit_celery.engine.host import PoolHost
     from snakepit_celery.monitoring import WorkerTelemetry
 
 __all__ = ["SnakepitStep", "check_redis_credentials", "current_host"]
@@ -208,7 +208,7 @@ class SnakepitStep(bootsteps.StartStopStep):  # type: ignore[misc]
         return self
 
     def start(self, worker: Any) -> None:
-        from snakepit_celery.host import PoolHost  # gRPC is imported by workers only
+        from snakepit_celery.engine.host import PoolHost  # gRPC is imported by workers only
         from snakepit_celery.monitoring import WorkerTelemetry
         from snakepit_celery.sessions.step import session_loader_for
 

@@ -9,7 +9,7 @@ thread, no polling, one pub/sub connection for every awaiting call of the loop.
 Cancelling the awaiting coroutine (``task.cancel()``, ``asyncio.timeout``, a
 client that went away from a FastAPI endpoint) revokes the call: a call still
 queued never runs, and a session call leaves its session's line. The worker's
-``revoke`` also reaches a call it has received (:mod:`snakepit_celery.cancels`):
+``revoke`` also reaches a call it has received (:mod:`snakepit_celery.engine.cancels`):
 one waiting for a bridge never starts, and one a bridge is running has its gRPC
 call cancelled, which the bridge's handler sees (``context.cancelled`` in
 Python, ``ctx.signal`` in Node.js); a bridge whose handler ignores it is

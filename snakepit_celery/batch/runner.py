@@ -38,7 +38,7 @@ from snakepit_celery.batch.items import Batch
 from snakepit_celery.errors import InfrastructureError, PoolClosed
 
 if TYPE_CHECKING:
-    from snakepit_celery.pool import BridgePool
+    from snakepit_celery.engine.pool import BridgePool
 
 __all__ = ["IDLE_EXIT", "MAX_SLICE", "SLICES_PER_BRIDGE", "BatchCall", "runner_for", "slice_size"]
 

@@ -61,7 +61,7 @@ def test_without_an_sdk_every_call_gets_the_shared_no_op_trace() -> None:
     # A fresh interpreter: this one may have an SDK installed by another test.
     code = (
         "from snakepit_celery import tracing\n"
-        "from snakepit_celery.telemetry import NO_TRACE\n"
+        "from snakepit_celery.engine.telemetry import NO_TRACE\n"
         "t = tracing.trace_call(pool='p', command='c', kind='execute', session_id=None, request_id=None)\n"
         "assert t is NO_TRACE and t.metadata is None, t\n"
         "assert tracing.capture() is None\n"

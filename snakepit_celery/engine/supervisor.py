@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from snakepit_celery.process import ProcessHandle
+from snakepit_celery.engine.process import ProcessHandle
 
 __all__ = ["Supervisor"]
 

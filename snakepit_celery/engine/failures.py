@@ -8,7 +8,7 @@ is killed because its connection failed, and the caller gets
 
 The one failure that proves a command did not run is a call that never left
 this process: gRPC found no connection to the bridge's socket and the
-process is gone (:func:`~snakepit_celery.rpc.never_sent`), or the channel
+process is gone (:func:`~snakepit_celery.engine.rpc.never_sent`), or the channel
 was already dropped because the supervisor had seen the exit. Such a call
 is run once more on another bridge (:func:`unsent`), idempotent or not.
 
@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from snakepit_celery.bridge_stream import settle_cancelled
+from snakepit_celery.engine.bridge_stream import settle_cancelled
+from snakepit_celery.engine.rpc import map_rpc_error, never_sent
 from snakepit_celery.errors import (
     BridgeCrashed,
     CommandCancelled,
@@ -31,12 +32,11 @@ from snakepit_celery.errors import (
     PoolClosed,
     SnakepitError,
 )
-from snakepit_celery.rpc import map_rpc_error, never_sent
 
 if TYPE_CHECKING:
-    from snakepit_celery.bridge import Bridge
-    from snakepit_celery.checkout import Slot
-    from snakepit_celery.pool import BridgePool
+    from snakepit_celery.engine.bridge import Bridge
+    from snakepit_celery.engine.checkout import Slot
+    from snakepit_celery.engine.pool import BridgePool
 
 __all__ = ["Attempts", "confirm_death", "crashed", "rpc_failed", "unsent"]
 

@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from snakepit_bridge._proto import bridge_pb2
 
-from snakepit_celery.rpc import decode_payload
-from snakepit_celery.telemetry import NO_TRACE, CallTrace
+from snakepit_celery.engine.rpc import decode_payload
+from snakepit_celery.engine.telemetry import NO_TRACE, CallTrace
 
 if TYPE_CHECKING:
-    from snakepit_celery.bridge import Bridge
-    from snakepit_celery.checkout import Slot
-    from snakepit_celery.pool import BridgePool
+    from snakepit_celery.engine.bridge import Bridge
+    from snakepit_celery.engine.checkout import Slot
+    from snakepit_celery.engine.pool import BridgePool
 
 __all__ = ["BridgeStream", "settle_cancelled"]
 
@@ -122,8 +122,8 @@ class BridgeStream:
             raise
 
     def _fail(self, exc: grpc.RpcError) -> None:
-        from snakepit_celery.failures import rpc_failed
-        from snakepit_celery.pool import _OUTCOME
+        from snakepit_celery.engine.failures import rpc_failed
+        from snakepit_celery.engine.pool import _OUTCOME
 
         error = rpc_failed(
             self._pool, self._slot, self._bridge, exc, self.command, self._hard, cancelled=self._cancelled

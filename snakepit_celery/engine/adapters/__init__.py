@@ -10,16 +10,16 @@ from __future__ import annotations
 import difflib
 import importlib
 
-from snakepit_celery.adapters.base import Adapter, LaunchSpec
+from snakepit_celery.engine.adapters.base import Adapter, LaunchSpec
 from snakepit_celery.errors import ConfigurationError
 
 __all__ = ["ADAPTERS", "Adapter", "LaunchSpec", "resolve_adapter"]
 
 #: Alias -> ``module:Class`` of the adapter.
 ADAPTERS: dict[str, str] = {
-    "python": "snakepit_celery.adapters.python:PythonAdapter",
-    "node": "snakepit_celery.adapters.node:NodeAdapter",
-    "ruby": "snakepit_celery.adapters.ruby:RubyAdapter",
+    "python": "snakepit_celery.engine.adapters.python:PythonAdapter",
+    "node": "snakepit_celery.engine.adapters.node:NodeAdapter",
+    "ruby": "snakepit_celery.engine.adapters.ruby:RubyAdapter",
 }
 
 

@@ -10,7 +10,7 @@ the replacement instead of failing.
 
 A call runs twice only when that is safe: once more on a fresh bridge if
 the caller said it is idempotent, or if it provably never reached its
-bridge (see :mod:`snakepit_celery.failures`). A call that may have
+bridge (see :mod:`snakepit_celery.engine.failures`). A call that may have
 started on a bridge that died fails with ``BridgeCrashed``.
 
 Example::
@@ -31,11 +31,16 @@ from typing import Any
 import grpc
 from snakepit_bridge._proto import bridge_pb2
 
-from snakepit_celery.bridge import Bridge
-from snakepit_celery.bridge_stream import BridgeStream, settle_cancelled
-from snakepit_celery.cancels import Ticket, cancels
-from snakepit_celery.checkout import Slot
 from snakepit_celery.config import PoolConfig
+from snakepit_celery.engine.bridge import Bridge
+from snakepit_celery.engine.bridge_stream import BridgeStream, settle_cancelled
+from snakepit_celery.engine.cancels import Ticket, cancels
+from snakepit_celery.engine.checkout import Slot
+from snakepit_celery.engine.failures import Attempts, rpc_failed
+from snakepit_celery.engine.lifecycle import PoolLifecycle
+from snakepit_celery.engine.pool_batch import run_batch
+from snakepit_celery.engine.rpc import decode_execute_reply, encode_payload, execute_request
+from snakepit_celery.engine.telemetry import Telemetry
 from snakepit_celery.errors import (
     BridgeCrashed,
     BridgeStartError,
@@ -47,11 +52,6 @@ from snakepit_celery.errors import (
     QueueTimeout,
     SnakepitError,
 )
-from snakepit_celery.failures import Attempts, rpc_failed
-from snakepit_celery.lifecycle import PoolLifecycle
-from snakepit_celery.pool_batch import run_batch
-from snakepit_celery.rpc import decode_execute_reply, encode_payload, execute_request
-from snakepit_celery.telemetry import Telemetry
 
 __all__ = ["BridgePool"]
 
@@ -178,7 +178,7 @@ class BridgePool(PoolLifecycle):
             session_id: pin the call to the session's bridge (InitSession first on a new one).
             request_id: the caller's id (a Celery task id), for the bridge's logs; with
                 it the call can be cancelled from another thread
-                (:func:`snakepit_celery.cancels.cancel_call`, the worker's ``revoke``).
+                (:func:`snakepit_celery.engine.cancels.cancel_call`, the worker's ``revoke``).
             idempotent: a call whose bridge crashed is run once more on a fresh bridge
                 (one that never reached its bridge is, in any case).
             on_begin: called once the call has a bridge, before the bridge sees it

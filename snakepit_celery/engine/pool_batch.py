@@ -31,13 +31,13 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import grpc
 from snakepit_bridge._proto import bridge_pb2
 
+from snakepit_celery.engine.failures import Attempts
+from snakepit_celery.engine.rpc import decode_payload, encode_payload, error_from_detail, map_rpc_error
 from snakepit_celery.errors import CommandError, SnakepitError
-from snakepit_celery.failures import Attempts
-from snakepit_celery.rpc import decode_payload, encode_payload, error_from_detail, map_rpc_error
 
 if TYPE_CHECKING:
-    from snakepit_celery.bridge import Bridge
-    from snakepit_celery.pool import BridgePool
+    from snakepit_celery.engine.bridge import Bridge
+    from snakepit_celery.engine.pool import BridgePool
 
 __all__ = ["ITEM_OVERHEAD", "ItemResult", "run_batch"]
 
@@ -310,7 +310,7 @@ def _trace_outcome(
     out: list[ItemResult | None], raised: SnakepitError | None
 ) -> tuple[str, BaseException | None]:
     """The batch's outcome for its trace: the call's error, else its first failed item's."""
-    from snakepit_celery.pool import _OUTCOME  # NOTE: pool imports this module
+    from snakepit_celery.engine.pool import _OUTCOME  # NOTE: pool imports this module
 
     failed = raised or next((r.value for r in out if r is not None and not r.ok), None)
     return ("ok", None) if failed is None else (_OUTCOME.get(type(failed), "error"), failed)
@@ -331,7 +331,7 @@ def _report(
     When the call failed as a whole (``raised``), none of the ``sent`` items has one: each
     is reported with the call's outcome.
     """
-    from snakepit_celery.pool import _OUTCOME  # NOTE: pool imports this module
+    from snakepit_celery.engine.pool import _OUTCOME  # NOTE: pool imports this module
 
     outcomes = ["ok" if r.ok else _OUTCOME.get(type(r.value), "error") for r in out if r is not None]
     if raised is not None:

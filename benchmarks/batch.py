@@ -39,7 +39,7 @@ from celery import Celery, chord, shared_task
 from snakepit_celery import PoolConfig, SnakepitConfig, batch_map, install
 from snakepit_celery.batch import chunk_size_for, pool_capacity
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.engine.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 HERE = Path(__file__).resolve().parent
 

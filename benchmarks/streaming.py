@@ -32,7 +32,7 @@ import redis
 from snakepit_celery.api import create_app
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.engine.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 from snakepit_celery.streaming import stream
 
 HANDLERS = Path(__file__).resolve().parent / "handlers"

@@ -1,7 +1,7 @@
 """The caller-side API: ``install`` a Celery app, find its config, its Redis, its stats.
 
 ``install(app)`` is all a Django or Flask project adds to its own Celery app:
-the worker then hosts the pools (see :mod:`snakepit_celery.worker`) and sending
+the worker then hosts the pools (see :mod:`snakepit_celery.integration.worker`) and sending
 ``execute`` routes to them. The settings it needs are applied once the app's
 configuration is loaded, and only where the app left Celery's own default, so
 anything the project set itself (in code, a config module, Django settings,
@@ -21,7 +21,7 @@ from celery.local import Proxy
 
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.errors import ConfigurationError
-from snakepit_celery.stats import get_stats  # re-exported: the caller's API lives here
+from snakepit_celery.observability.stats import get_stats  # re-exported: the caller's API lives here
 
 __all__ = [
     "DEFAULT_BROKER_URL",
@@ -100,15 +100,13 @@ def install(app: Celery, config: SnakepitConfig | None = None) -> None:
         app = Celery("proj", broker="redis://localhost:6379/0", backend="redis://localhost:6379/1")
         install(app)
     """
-    from snakepit_celery import (
-        payloads,  # the serializers of big bytes by reference
-        tasks,  # noqa: F401  (registers the shared tasks)
-    )
+    from snakepit_celery import payloads  # the serializers of big bytes by reference
     from snakepit_celery.batch import tasks as _batch_tasks  # noqa: F401  (snakepit.execute_batch)
+    from snakepit_celery.integration import tasks  # noqa: F401  (registers the shared tasks)
+    from snakepit_celery.integration.worker import SnakepitStep
     from snakepit_celery.sessions import task as _session_task  # noqa: F401  (snakepit.execute_in_session)
     from snakepit_celery.sessions.step import SessionStep
     from snakepit_celery.streaming import task as _stream_task  # noqa: F401  (snakepit.execute_stream)
-    from snakepit_celery.worker import SnakepitStep
 
     app = app_or_current(app)  # install(current_app) keys the real app, not the proxy
     if config is not None:

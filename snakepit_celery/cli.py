@@ -152,9 +152,9 @@ _COLUMNS = (
 
 
 def status_of(app: Any, config: SnakepitConfig, *, timeout: float = 1.0) -> dict[str, Any]:
-    """:func:`~snakepit_celery.stats.get_stats` of ``app``, plus ``"no_live_worker"``: the
+    """:func:`~snakepit_celery.observability.stats.get_stats` of ``app``, plus ``"no_live_worker"``: the
     pools of ``config`` that no worker answering within ``timeout`` hosts, in config order."""
-    from snakepit_celery.stats import get_stats
+    from snakepit_celery.observability.stats import get_stats
 
     stats = get_stats(app, timeout=timeout)
     hosted = {name for node in stats["nodes"].values() for name in node.get("pools", {})}

@@ -35,8 +35,8 @@ from celery import chord, shared_task
 
 from snakepit_celery.config import PoolConfig, SnakepitConfig
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.engine.workerproc import WorkerFailed, WorkerProcess
 from snakepit_celery.errors import SnakepitError
+from snakepit_celery.integration.workerproc import WorkerFailed, WorkerProcess
 
 __all__ = ["run_demo", "total"]
 

@@ -127,7 +127,7 @@ async def aexecute(
         result = await aexecute("compute", {"operation": "add", "a": 5, "b": 3})
         result["result"]  # 8
     """
-    from snakepit_celery import tasks as _registers  # noqa: F401  (snakepit.execute)
+    from snakepit_celery.integration import tasks as _registers  # noqa: F401  (snakepit.execute)
 
     app = app_or_current(app)
     kwargs = {"pool": pool, "timeout": timeout, "idempotent": idempotent}

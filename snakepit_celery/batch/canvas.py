@@ -38,7 +38,7 @@ from celery.utils import uuid
 
 from snakepit_celery.api import app_or_current, config_for, get_stats, resolve_redis_url
 from snakepit_celery.errors import ConfigurationError, InvalidArguments
-from snakepit_celery.known_pools import check_pool
+from snakepit_celery.integration.known_pools import check_pool
 from snakepit_celery.streaming.protocol import validate_task_id
 
 __all__ = [

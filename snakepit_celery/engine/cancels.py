@@ -2,7 +2,7 @@
 
 Celery's ``revoke`` only flags an id (``celery.worker.state.revoked``): a
 message not yet started is dropped, one already running goes on. The
-worker's ``revoke`` control command (:mod:`snakepit_celery.worker`) therefore
+worker's ``revoke`` control command (:mod:`snakepit_celery.integration.worker`) therefore
 also calls :func:`cancel_call`, and a call of :meth:`BridgePool.execute` that
 carries a request id holds a :class:`Ticket` here while it runs, which says
 where the call is:

@@ -174,7 +174,7 @@ class LeaseTable:
         """The pools the live workers host (by Redis' clock): pool -> worker ids, in one round trip.
 
         Callers read it to tell a pool some worker hosts from a typo
-        (:mod:`snakepit_celery.known_pools`).
+        (:mod:`snakepit_celery.integration.known_pools`).
         """
         reply = self._live_pools(args=[self.prefix])
         hosted: dict[str, list[str]] = {}

@@ -157,7 +157,7 @@ class SessionStep(bootsteps.StartStopStep):  # type: ignore[misc]
         global _manager, _redis_broker
         if self.manager is None:
             from snakepit_celery.api import config_for, resolve_redis_url
-            from snakepit_celery.worker import current_host
+            from snakepit_celery.integration.worker import current_host
 
             config = config_for(c.app)
             try:

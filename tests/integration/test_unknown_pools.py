@@ -38,8 +38,8 @@ from snakepit_celery import (
 from snakepit_celery.api import config_for, create_app
 from snakepit_celery.cli import format_status, status_of
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.engine.workerproc import WorkerProcess
-from snakepit_celery.known_pools import HIT_TTL
+from snakepit_celery.integration.known_pools import HIT_TTL
+from snakepit_celery.integration.workerproc import WorkerProcess
 from snakepit_celery.sessions.lease import LeaseTable
 from snakepit_celery.streaming.pending import NO_WORKER_GRACE
 

@@ -4,7 +4,7 @@ The seed emits two telemetry events, ``[:snakepit, :worker, :request]`` and
 ``[:snakepit, :worker, :initialized]``; here they are Celery signals, so users
 connect to them exactly as they connect to ``task_success``::
 
-    from snakepit_celery.signals import request_finished
+    from snakepit_celery.observability.signals import request_finished
 
     @request_finished.connect
     def on_call(sender, pool, command, duration, outcome, task_id, session_id, **kwargs):

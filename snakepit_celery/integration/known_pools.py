@@ -2,7 +2,7 @@
 
 A message for a pool nobody hosts goes to a queue no worker reads, and its
 caller waits for its whole timeout. So sending checks the pool first
-(:func:`check_pool`, called by :meth:`snakepit_celery.tasks.PoolTask.apply_async`,
+(:func:`check_pool`, called by :meth:`snakepit_celery.integration.tasks.PoolTask.apply_async`,
 which every way of sending goes through) and a typo fails at once with
 :class:`~snakepit_celery.errors.PoolNotFound`, naming the pool, the pools there
 are, and the closest one ("did you mean 'python'?").
@@ -102,7 +102,7 @@ def check_chain(app: Celery, config: SnakepitConfig, steps: Iterable[Any] | None
 
 
 def _named_pools(app: Celery, sigs: Iterable[Any]) -> Iterator[str]:
-    from snakepit_celery.tasks import PoolTask  # NOTE: tasks imports this module
+    from snakepit_celery.integration.tasks import PoolTask  # NOTE: tasks imports this module
 
     for sig in sigs:
         if not isinstance(sig, dict):

@@ -32,7 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from snakepit_celery.engine.telemetry import Telemetry
-from snakepit_celery.stats import failed_calls
+from snakepit_celery.observability.stats import failed_calls
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer

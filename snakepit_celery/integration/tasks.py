@@ -23,10 +23,10 @@ from kombu.exceptions import EncodeError
 
 from snakepit_celery.api import config_for
 from snakepit_celery.errors import ExecutionError, SnakepitError, WorkerLost
-from snakepit_celery.known_pools import check_chain, check_pool
+from snakepit_celery.integration.known_pools import check_chain, check_pool
+from snakepit_celery.integration.worker import current_host
 from snakepit_celery.payloads import sending
 from snakepit_celery.recovery import begin_hook
-from snakepit_celery.worker import current_host
 
 __all__ = ["PoolTask", "execute"]
 
@@ -42,7 +42,7 @@ class PoolTask(Task):  # type: ignore[misc]
     so routing here covers all of them. A queue, exchange or routing key the
     caller set explicitly is left alone. A pool that neither the caller's config
     nor a live worker knows is refused here with ``PoolNotFound``
-    (:mod:`snakepit_celery.known_pools`).
+    (:mod:`snakepit_celery.integration.known_pools`).
     """
 
     #: Errors of the command itself are expected outcomes: logged without a traceback.

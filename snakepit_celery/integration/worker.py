@@ -42,7 +42,7 @@ from snakepit_celery.errors import ConfigurationError, SnakepitError
 
 if TYPE_CHECKING:
     from snakepit_celery.engine.host import PoolHost
-    from snakepit_celery.monitoring import WorkerTelemetry
+    from snakepit_celery.observability.monitoring import WorkerTelemetry
 
 __all__ = ["SnakepitStep", "check_redis_credentials", "current_host"]
 
@@ -209,7 +209,7 @@ class SnakepitStep(bootsteps.StartStopStep):  # type: ignore[misc]
 
     def start(self, worker: Any) -> None:
         from snakepit_celery.engine.host import PoolHost  # gRPC is imported by workers only
-        from snakepit_celery.monitoring import WorkerTelemetry
+        from snakepit_celery.observability.monitoring import WorkerTelemetry
         from snakepit_celery.sessions.step import session_loader_for
 
         self.telemetry = WorkerTelemetry(self.config)  # signals, log lines, Prometheus if configured

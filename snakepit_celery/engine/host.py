@@ -43,7 +43,7 @@ from snakepit_celery.errors import ConfigurationError, PoolNotFound
 
 __all__ = ["PoolHost", "host_directory", "sweep_host"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("snakepit_celery.host")  # its name before the engine/ folder
 
 _SUMMED = (
     *("size", "workers", "available", "busy", "requests", "queued", "errors"),

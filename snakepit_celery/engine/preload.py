@@ -23,7 +23,7 @@ from snakepit_celery.errors import BridgeStartError
 
 __all__ = ["Zygote"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("snakepit_celery.preload")  # its name before the engine/ folder
 
 
 class _Pending:

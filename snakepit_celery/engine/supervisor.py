@@ -22,7 +22,7 @@ from snakepit_celery.engine.process import ProcessHandle
 
 __all__ = ["Supervisor"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("snakepit_celery.supervisor")  # its name before the engine/ folder
 
 
 class Supervisor:

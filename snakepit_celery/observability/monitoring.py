@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["WorkerTelemetry"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("snakepit_celery.monitoring")  # its name before observability/
 
 
 class WorkerTelemetry(Telemetry):

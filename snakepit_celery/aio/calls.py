@@ -29,7 +29,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.utils import uuid
 
 from snakepit_celery.aio.results import waiter_for
-from snakepit_celery.api import app_or_current
+from snakepit_celery.appconfig import app_or_current
 
 __all__ = ["aexecute", "aexecute_in_session", "revoke_quietly", "sending_awaited"]
 

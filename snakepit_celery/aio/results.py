@@ -35,7 +35,7 @@ from celery import Celery, states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from snakepit_celery.aio.clients import async_client, from_connparams
-from snakepit_celery.api import config_for, resolve_redis_url
+from snakepit_celery.appconfig import config_for, resolve_redis_url
 from snakepit_celery.errors import ConfigurationError
 from snakepit_celery.payloads.codec import RESULT_CONTENT_TYPE, complete_result, parse_result
 from snakepit_celery.payloads.store import prefix_of

@@ -31,7 +31,7 @@ from celery.utils import uuid
 
 from snakepit_celery.aio.calls import sending_awaited
 from snakepit_celery.aio.clients import async_client
-from snakepit_celery.api import app_or_current, config_for, resolve_redis_url
+from snakepit_celery.appconfig import app_or_current, config_for, resolve_redis_url
 from snakepit_celery.errors import ConfigurationError, StreamError
 from snakepit_celery.streaming.client import READ_COUNT, REDIS_GRACE, Stream
 from snakepit_celery.streaming.pending import (

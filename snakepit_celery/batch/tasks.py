@@ -24,7 +24,7 @@ import redis
 from celery import Task, shared_task
 from celery.states import SUCCESS
 
-from snakepit_celery.api import config_for, resolve_redis_url
+from snakepit_celery.appconfig import config_for, resolve_redis_url
 from snakepit_celery.batch.items import Batch
 from snakepit_celery.batch.progress import PROGRESS_INTERVAL, MapState, outcome_error
 from snakepit_celery.batch.routing import BatchTask

@@ -36,7 +36,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from snakepit_celery.api import resolve_redis_url
+from snakepit_celery.appconfig import resolve_redis_url
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.errors import ConfigurationError, PoolNotFound
 
@@ -124,7 +124,7 @@ def live_pools(url: str, prefix: str, *, want: str | None = None) -> dict[str, l
     """The pools the live workers of ``prefix`` host: pool -> worker ids (a short-lived cache).
 
     Args:
-        url: the snakepit Redis (:func:`~snakepit_celery.api.resolve_redis_url`).
+        url: the snakepit Redis (:func:`~snakepit_celery.appconfig.resolve_redis_url`).
         prefix: the queue prefix.
         want: the pool the caller looks for: a kept answer that lacks it is
             reused for :data:`MISS_TTL` s only, one that has it for :data:`HIT_TTL` s.

@@ -21,7 +21,7 @@ from typing import Any
 from celery import Task, shared_task
 from kombu.exceptions import EncodeError
 
-from snakepit_celery.api import config_for
+from snakepit_celery.appconfig import config_for
 from snakepit_celery.errors import ExecutionError, SnakepitError, WorkerLost
 from snakepit_celery.integration.known_pools import check_chain, check_pool
 from snakepit_celery.integration.worker import current_host

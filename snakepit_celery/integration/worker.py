@@ -34,7 +34,7 @@ from celery.utils.log import get_logger
 from celery.worker.control import control_command, inspect_command
 from celery.worker.control import revoke as _celery_revoke  # Celery's own handler, run first
 
-from snakepit_celery.api import config_for
+from snakepit_celery.appconfig import config_for
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.engine import grpcenv
 from snakepit_celery.engine.cancels import cancel_call
@@ -104,7 +104,7 @@ REDIS_CHECK_TIMEOUT = 2.0
 
 def _redis_setting(app: Any, config: SnakepitConfig) -> tuple[str, str] | None:
     """The snakepit Redis URL and the name of the setting it came from, in
-    :func:`~snakepit_celery.api.resolve_redis_url`'s order; None: no Redis."""
+    :func:`~snakepit_celery.appconfig.resolve_redis_url`'s order; None: no Redis."""
     env = os.environ
     if config.redis_url:
         named = "SNAKEPIT_REDIS_URL" if env.get("SNAKEPIT_REDIS_URL") == config.redis_url else "redis_url"

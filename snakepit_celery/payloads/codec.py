@@ -41,7 +41,7 @@ from celery import Celery, signals
 from kombu.serialization import register
 from kombu.utils import json as kombu_json
 
-from snakepit_celery.api import app_or_current
+from snakepit_celery.appconfig import app_or_current
 from snakepit_celery.errors import ConfigurationError, PayloadTooLarge
 from snakepit_celery.payloads.arrays import PendingArray, build, encode_array
 from snakepit_celery.payloads.store import PayloadStore, expired, prefix_of, store_for_app, store_for_prefix

@@ -24,7 +24,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from snakepit_celery.api import app_or_current
+from snakepit_celery.appconfig import app_or_current
 from snakepit_celery.errors import CommandCancelled, SnakepitError, StreamError
 from snakepit_celery.streaming.pending import (
     DEFAULT_START_TIMEOUT,

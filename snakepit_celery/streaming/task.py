@@ -30,7 +30,7 @@ from celery import Celery, Task, shared_task, signals, states
 from celery.exceptions import Ignore
 from celery.worker import state as worker_state
 
-from snakepit_celery.api import config_for, resolve_redis_url
+from snakepit_celery.appconfig import config_for, resolve_redis_url
 from snakepit_celery.errors import SnakepitError, StreamError, WorkerLost
 from snakepit_celery.integration.worker import current_host
 from snakepit_celery.observability import tracing

@@ -14,7 +14,7 @@ where the call is:
   the Node.js SDK aborts ``ctx.signal``), and the pool keeps the bridge
   borrowed until the bridge reports the command ended, or kills and replaces
   it after ``cancel_grace``, as for a closed stream
-  (:func:`~snakepit_celery.engine.bridge_stream.settle_cancelled`).
+  (:meth:`~snakepit_celery.engine.loan.Loan.settle`).
 
 A cancel that comes before its call holds a ticket (the revoke raced the
 task's start) is remembered, for the last :data:`REMEMBERED` ids, and the call

@@ -33,36 +33,26 @@ from snakepit_bridge._proto import bridge_pb2
 
 from snakepit_celery.config import PoolConfig
 from snakepit_celery.engine.bridge import Bridge
-from snakepit_celery.engine.bridge_stream import BridgeStream, settle_cancelled
+from snakepit_celery.engine.bridge_stream import BridgeStream
 from snakepit_celery.engine.cancels import Ticket, cancels
 from snakepit_celery.engine.checkout import Slot
 from snakepit_celery.engine.failures import Attempts, rpc_failed
 from snakepit_celery.engine.lifecycle import PoolLifecycle
+from snakepit_celery.engine.loan import Loan, outcome_of
 from snakepit_celery.engine.pool_batch import run_batch
 from snakepit_celery.engine.rpc import decode_execute_reply, encode_payload, execute_request
 from snakepit_celery.engine.telemetry import Telemetry
 from snakepit_celery.errors import (
-    BridgeCrashed,
     BridgeStartError,
     CommandCancelled,
-    CommandTimeout,
     InfrastructureError,
     PoolClosed,
-    PoolSaturated,
-    QueueTimeout,
     SnakepitError,
 )
 
 __all__ = ["BridgePool"]
 
 _MIB = 1024 * 1024
-_OUTCOME = {
-    BridgeCrashed: "crashed",
-    CommandTimeout: "timeout",
-    QueueTimeout: "queue_timeout",
-    PoolSaturated: "saturated",
-    CommandCancelled: "cancelled",
-}
 
 
 class BridgePool(PoolLifecycle):
@@ -88,6 +78,15 @@ class BridgePool(PoolLifecycle):
         self._draining = False
 
     # -- borrowing -------------------------------------------------------------
+
+    def lend(self, session_id: str | None, ticket: Ticket | None = None) -> Loan:
+        """A free bridge (or the session's, pinned to one on its first call) for one call.
+
+        Raises:
+            PoolSaturated, QueueTimeout, PoolClosed: none became free (see ``checkout``).
+            CommandCancelled: ``ticket`` was cancelled while it waited.
+        """
+        return Loan(self, self._checkout(session_id, ticket))
 
     def _checkout(self, session_id: str | None, ticket: Ticket | None = None) -> Slot:
         wanted = None
@@ -214,23 +213,22 @@ class BridgePool(PoolLifecycle):
             )
             attempts = Attempts(idempotent=idempotent)
             while True:
-                slot = self._checkout(session_id, ticket)
-                bridge: Bridge = slot.bridge  # type: ignore[assignment]
+                loan = self.lend(session_id, ticket)
+                bridge = loan.bridge
                 trace.checked_out(bridge.pid)
                 if ticket is not None and ticket.cancelled:  # between the hand-off and here
-                    self._release(slot, bridge, counted=False)
+                    loan.release(counted=False)
                     raise CommandCancelled(f"{command!r} was cancelled before it started")
                 if on_begin is not None:
                     begin, on_begin = on_begin, None  # a retry on another bridge is the same call
                     try:
                         after = begin()
                     except BaseException:
-                        self._release(slot, bridge, counted=False)
+                        loan.release(counted=False)
                         refused = True  # never reached a bridge: not one of this pool's requests
                         raise
                 try:
-                    if session_id is not None and session_id not in bridge.sessions:
-                        self._init_session(bridge, session_id, hard or None)
+                    loan.ensure_session(session_id, hard or None)
                     wait = hard or None
                     if ticket is None:
                         reply = bridge.execute_raw(request, timeout=wait, metadata=trace.metadata)
@@ -239,15 +237,15 @@ class BridgePool(PoolLifecycle):
                         ticket.run(future)
                         reply = future.result()
                 except (grpc.RpcError, ValueError) as exc:
-                    error = attempts.failed(self, slot, bridge, exc, command, hard)
+                    error = attempts.failed(loan, exc, command, hard)
                 except grpc.FutureCancelledError:
-                    settle_cancelled(self, slot, bridge, command)  # given back once the bridge stopped it
+                    loan.settle(command)  # given back once the bridge stopped it
                     raise CommandCancelled(f"{command!r} was cancelled while it ran") from None
                 except BaseException:
-                    self._release(slot, bridge, failed=True)
+                    loan.release(failed=True)
                     raise
                 else:
-                    self._release(slot, bridge)
+                    loan.release()
                     del request  # the reply's blobs are copied out next: one copy fewer alive
                     result = decode_execute_reply(reply)
                     outcome = "ok"
@@ -257,7 +255,7 @@ class BridgePool(PoolLifecycle):
         except BaseException as exc:
             error = exc
             if isinstance(exc, SnakepitError):
-                outcome = _OUTCOME.get(type(exc), "error")
+                outcome = outcome_of(exc)
             raise
         finally:
             if ticket is not None:
@@ -298,14 +296,14 @@ class BridgePool(PoolLifecycle):
             pool=self.name, command=command, kind="stream", session_id=session_id, request_id=request_id
         )
         try:
-            slot = self._checkout(session_id)
+            loan = self.lend(session_id)
         except BaseException as exc:
-            outcome = _OUTCOME.get(type(exc), "error") if isinstance(exc, SnakepitError) else "error"
+            outcome = outcome_of(exc) if isinstance(exc, SnakepitError) else "error"
             trace.end(outcome, exc)
             if isinstance(exc, SnakepitError):
                 self._finished(command, started, outcome, session_id, request_id)
             raise
-        return BridgeStream(self, slot, request, hard=hard, started=started, trace=trace)
+        return BridgeStream(loan, request, hard=hard, started=started, trace=trace)
 
     # -- sessions --------------------------------------------------------------
 
@@ -314,22 +312,22 @@ class BridgePool(PoolLifecycle):
         with self._lock:
             if session_id not in self._sessions:
                 return False
-        slot = self._checkout(session_id)
-        bridge: Bridge = slot.bridge  # type: ignore[assignment]
+        loan = self.lend(session_id)
+        bridge = loan.bridge
         try:
             if session_id in bridge.sessions:
                 bridge.end_session(session_id, self.config.startup_timeout)
         except grpc.RpcError as exc:
-            raise rpc_failed(self, slot, bridge, exc, "EndSession", 0.0) from None
+            raise rpc_failed(loan, exc, "EndSession", 0.0) from None
         except BaseException:
-            self._release(slot, bridge, failed=True)
+            loan.release(failed=True)
             raise
         else:
-            self._release(slot, bridge)
+            loan.release()
         finally:
             with self._lock:
                 self._sessions.pop(session_id, None)
-                slot.sessions.discard(session_id)
+                loan.slot.sessions.discard(session_id)
         return True
 
     def sessions(self) -> dict[str, int]:

@@ -66,9 +66,9 @@ def install(app: Celery, config: SnakepitConfig | None = None) -> None:
     from snakepit_celery import payloads  # the serializers of big bytes by reference
     from snakepit_celery.batch import tasks as _batch_tasks  # noqa: F401  (snakepit.execute_batch)
     from snakepit_celery.integration import tasks  # noqa: F401  (registers the shared tasks)
-    from snakepit_celery.integration.worker import SnakepitStep
+    from snakepit_celery.integration.worker import SnakepitStep, use_session_loaders
     from snakepit_celery.sessions import task as _session_task  # noqa: F401  (snakepit.execute_in_session)
-    from snakepit_celery.sessions.step import SessionStep
+    from snakepit_celery.sessions.step import SessionStep, session_loader_for
     from snakepit_celery.streaming import task as _stream_task  # noqa: F401  (snakepit.execute_stream)
 
     app = app_or_current(app)  # install(current_app) keys the real app, not the proxy
@@ -78,6 +78,7 @@ def install(app: Celery, config: SnakepitConfig | None = None) -> None:
         return
     _installed.add(app)
     payloads.register_app(app)
+    use_session_loaders(session_loader_for)  # the pools rebuild a session's state from its store
     app.steps["worker"].add(SnakepitStep)
     app.steps["consumer"].add(SessionStep)
     if app.configured:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -75,6 +76,23 @@ def _set_host(host: PoolHost | None) -> None:
     global _host
     with _lock:
         _host = host
+
+
+#: A session's stored data by its id (programs, metadata), sent to a bridge with InitSession.
+SessionLoader = Callable[[str], "dict[str, Any] | None"]
+#: Makes the pools' session loader for an app (the sessions feature's, handed over by
+#: ``install``: this layer sits below the features); None: the pools get none.
+_session_loaders: Callable[[Any], SessionLoader | None] | None = None
+
+
+def use_session_loaders(factory: Callable[[Any], SessionLoader | None]) -> None:
+    """Give the pools of every worker started from now on ``factory(app)`` as their session loader.
+
+    :func:`snakepit_celery.install` hands over the sessions' own
+    (:func:`~snakepit_celery.sessions.step.session_loader_for`).
+    """
+    global _session_loaders
+    _session_loaders = factory
 
 
 _PICKLE = ("pickle", "application/x-python-serialize")
@@ -212,14 +230,13 @@ class SnakepitStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, worker: Any) -> None:
         from snakepit_celery.engine.host import PoolHost  # gRPC is imported by workers only
         from snakepit_celery.observability.monitoring import WorkerTelemetry
-        from snakepit_celery.sessions.step import session_loader_for
 
         self.telemetry = WorkerTelemetry(self.config)  # signals, log lines, Prometheus if configured
         host = PoolHost(
             self.config,
             host_key=worker.hostname,
             telemetry=self.telemetry,
-            session_loader=session_loader_for(worker.app),
+            session_loader=_session_loaders(worker.app) if _session_loaders is not None else None,
         )
         try:
             host.start()

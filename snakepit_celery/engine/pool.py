@@ -78,6 +78,8 @@ class BridgePool(PoolLifecycle):
         self._draining = False
 
     # -- borrowing -------------------------------------------------------------
+    # NOTE: the call paths reach _release, _init_session and _finished only through
+    # the Loan that lend() returns (engine/loan.py), which ends each loan once.
 
     def lend(self, session_id: str | None, ticket: Ticket | None = None) -> Loan:
         """A free bridge (or the session's, pinned to one on its first call) for one call.

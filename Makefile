@@ -87,10 +87,12 @@ faults: venv
 proto: venv ruby-proto
 	$(PY) scripts/gen_proto.py
 
+## make lint: ruff, mypy, and the layers of the house (import-linter's contracts in pyproject.toml).
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy snakepit_celery
+	$(VENV)/bin/lint-imports
 
 ## make bench: every benchmark table, plain Celery measured beside it.
 bench: venv

@@ -45,7 +45,7 @@ from celery import Celery
 
 from snakepit_celery import PoolConfig, SnakepitConfig, aclose_clients, aexecute, install
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 HERE = Path(__file__).resolve().parent
 #: Seconds between two samples of the caller's threads.

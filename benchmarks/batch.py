@@ -39,7 +39,7 @@ from celery import Celery, chord, shared_task
 from snakepit_celery import PoolConfig, SnakepitConfig, batch_map, install
 from snakepit_celery.batch import chunk_size_for, pool_capacity
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 HERE = Path(__file__).resolve().parent
 
@@ -104,7 +104,7 @@ def pool_alone(n: int, size: int) -> tuple[float, float]:
     from collections.abc import Callable
 
     from snakepit_celery.batch.runner import slice_size
-    from snakepit_celery.pool import BridgePool
+    from snakepit_celery.engine.pool import BridgePool
 
     items = items_for(n)
     step = slice_size(n, size)

@@ -39,9 +39,9 @@ import psutil
 from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
 
 from snakepit_celery.config import PoolConfig
-from snakepit_celery.pool import BridgePool
-from snakepit_celery.rpc import channel_options
-from snakepit_celery.telemetry import Telemetry
+from snakepit_celery.engine.pool import BridgePool
+from snakepit_celery.engine.rpc import channel_options
+from snakepit_celery.engine.telemetry import Telemetry
 
 #: The languages compared; each is also its adapter alias.
 LANGUAGES = ("python", "node", "ruby")

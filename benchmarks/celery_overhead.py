@@ -26,7 +26,7 @@ command dispatch, stats).
     .venv/bin/python benchmarks/celery_overhead.py [--tasks 10000] [--calls 1000] [--brokers redis,amqp]
 
 ``--grpc-experiments ""`` runs the worker and its bridges on gRPC's own
-defaults instead of snakepit's setting (see ``snakepit_celery.grpcenv``).
+defaults instead of snakepit's setting (see ``snakepit_celery.engine.grpcenv``).
 """
 
 from __future__ import annotations
@@ -49,9 +49,10 @@ from typing import Any
 
 from celery import Celery, group, shared_task
 
-from snakepit_celery import PoolConfig, SnakepitConfig, grpcenv, install
+from snakepit_celery import PoolConfig, SnakepitConfig, install
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.engine import grpcenv
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 HERE = Path(__file__).resolve().parent
 

@@ -45,9 +45,10 @@ import psutil
 import redis
 from celery import Celery
 
-from snakepit_celery import PoolConfig, SnakepitConfig, grpcenv, install
+from snakepit_celery import PoolConfig, SnakepitConfig, install
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.engine import grpcenv
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 HERE = Path(__file__).resolve().parent
 KIB, MIB = 1024, 1024 * 1024

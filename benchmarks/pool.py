@@ -20,13 +20,13 @@ from typing import Any
 import grpc
 from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
 
-from snakepit_celery.adapters import resolve_adapter
-from snakepit_celery.adapters.base import max_message_bytes
-from snakepit_celery.bridge import Bridge, spawn_process
 from snakepit_celery.config import PoolConfig
-from snakepit_celery.pool import BridgePool
-from snakepit_celery.rpc import channel_options
-from snakepit_celery.telemetry import Telemetry
+from snakepit_celery.engine.adapters import resolve_adapter
+from snakepit_celery.engine.adapters.base import max_message_bytes
+from snakepit_celery.engine.bridge import Bridge, spawn_process
+from snakepit_celery.engine.pool import BridgePool
+from snakepit_celery.engine.rpc import channel_options
+from snakepit_celery.engine.telemetry import Telemetry
 
 SIZES = (1, 4, 8, 16)
 ROUNDS = 6

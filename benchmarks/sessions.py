@@ -51,7 +51,7 @@ from kombu import Connection
 
 from snakepit_celery import PoolConfig, SnakepitConfig, install
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 HERE = Path(__file__).resolve().parent
 AMQP_URL = os.environ.get("SNAKEPIT_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")

@@ -32,8 +32,8 @@ import redis
 from snakepit_celery.api import create_app
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.embedded import EmbeddedRedis
+from snakepit_celery.integration.workerproc import WorkerProcess
 from snakepit_celery.streaming import stream
-from snakepit_celery.workerproc import WorkerProcess
 
 HANDLERS = Path(__file__).resolve().parent / "handlers"
 PIPELINE = 64

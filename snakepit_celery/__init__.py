@@ -44,6 +44,8 @@ from snakepit_celery.errors import (
     UnknownCommand,
     WorkerLost,
 )
+from snakepit_celery.integration.tasks import PoolTask, execute
+from snakepit_celery.integration.worker import SnakepitStep, current_host
 from snakepit_celery.sessions import (
     SessionSettings,
     SessionStep,
@@ -56,8 +58,6 @@ from snakepit_celery.sessions import (
 )
 from snakepit_celery.streaming import Stream, stream
 from snakepit_celery.streaming.task import execute_stream
-from snakepit_celery.tasks import PoolTask, execute
-from snakepit_celery.worker import SnakepitStep, current_host
 
 __version__ = "0.1.0"
 

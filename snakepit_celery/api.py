@@ -1,7 +1,11 @@
 """The caller-side API: ``install`` a Celery app, find its config, its Redis, its stats.
 
+It imports every feature (``install`` registers their tasks and steps), so it
+sits above them all; what they need of it, an app's config and its Redis, is
+in :mod:`snakepit_celery.appconfig`, re-exported here.
+
 ``install(app)`` is all a Django or Flask project adds to its own Celery app:
-the worker then hosts the pools (see :mod:`snakepit_celery.worker`) and sending
+the worker then hosts the pools (see :mod:`snakepit_celery.integration.worker`) and sending
 ``execute`` routes to them. The settings it needs are applied once the app's
 configuration is loaded, and only where the app left Celery's own default, so
 anything the project set itself (in code, a config module, Django settings,
@@ -15,13 +19,14 @@ import os
 import weakref
 from typing import Any
 
-from celery import Celery, current_app
+from celery import Celery
 from celery.app.defaults import DEFAULTS as CELERY_DEFAULTS
-from celery.local import Proxy
 
+# re-exported: the caller's API lives here (snakepit_celery.appconfig keeps them below every layer)
+from snakepit_celery.appconfig import app_or_current, bind_config, config_for, is_redis, resolve_redis_url
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.errors import ConfigurationError
-from snakepit_celery.stats import get_stats  # re-exported: the caller's API lives here
+from snakepit_celery.observability.stats import get_stats  # re-exported: the caller's API lives here
 
 __all__ = [
     "DEFAULT_BROKER_URL",
@@ -36,49 +41,7 @@ __all__ = [
 #: Broker of :func:`create_app` when neither the config nor Celery's environment names one.
 DEFAULT_BROKER_URL = "redis://127.0.0.1:6379/0"
 
-#: URL schemes of a Redis server (kombu/Celery spellings).
-# The schemes redis-py can open (it has no ``redis+socket://``; use ``unix://``).
-_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
-
-_configs: weakref.WeakKeyDictionary[Celery, SnakepitConfig] = weakref.WeakKeyDictionary()
 _installed: weakref.WeakSet[Celery] = weakref.WeakSet()
-
-
-def app_or_current(app: Celery | None = None) -> Celery:
-    """``app`` itself, or Celery's current app when None: never the ``current_app`` proxy.
-
-    Every caller-side function that takes ``app=None`` resolves it here, once.
-    Celery's ``current_app`` is a lazy proxy: it cannot be a key of the per-app
-    weak maps (``TypeError: cannot create weak reference to 'Proxy' object``),
-    and an object that kept it would follow whichever app becomes current
-    later. A proxy passed in explicitly is resolved the same way.
-
-    Example::
-
-        app = app_or_current(app)   # in a function whose ``app`` defaults to None
-    """
-    if app is None:
-        app = current_app
-    if isinstance(app, Proxy):
-        # NOTE: Proxy reports the wrapped object's __class__, so only isinstance(…, Proxy) tells them apart.
-        resolved: Celery = app._get_current_object()
-        return resolved
-    return app
-
-
-def config_for(app: Celery | None = None) -> SnakepitConfig:
-    """The snakepit config of ``app`` (None: the current app): the one given to
-    ``install``, else :meth:`SnakepitConfig.from_env` (read once per app).
-
-    Raises:
-        ConfigurationError: the environment's config is invalid; names the field.
-    """
-    app = app_or_current(app)
-    config = _configs.get(app)
-    if config is None:
-        config = SnakepitConfig.from_env()
-        _configs[app] = config
-    return config
 
 
 def install(app: Celery, config: SnakepitConfig | None = None) -> None:
@@ -100,23 +63,22 @@ def install(app: Celery, config: SnakepitConfig | None = None) -> None:
         app = Celery("proj", broker="redis://localhost:6379/0", backend="redis://localhost:6379/1")
         install(app)
     """
-    from snakepit_celery import (
-        payloads,  # the serializers of big bytes by reference
-        tasks,  # noqa: F401  (registers the shared tasks)
-    )
+    from snakepit_celery import payloads  # the serializers of big bytes by reference
     from snakepit_celery.batch import tasks as _batch_tasks  # noqa: F401  (snakepit.execute_batch)
+    from snakepit_celery.integration import tasks  # noqa: F401  (registers the shared tasks)
+    from snakepit_celery.integration.worker import SnakepitStep, use_session_loaders
     from snakepit_celery.sessions import task as _session_task  # noqa: F401  (snakepit.execute_in_session)
-    from snakepit_celery.sessions.step import SessionStep
+    from snakepit_celery.sessions.step import SessionStep, session_loader_for
     from snakepit_celery.streaming import task as _stream_task  # noqa: F401  (snakepit.execute_stream)
-    from snakepit_celery.worker import SnakepitStep
 
     app = app_or_current(app)  # install(current_app) keys the real app, not the proxy
     if config is not None:
-        _configs[app] = config
+        bind_config(app, config)
     if app in _installed:
         return
     _installed.add(app)
     payloads.register_app(app)
+    use_session_loaders(session_loader_for)  # the pools rebuild a session's state from its store
     app.steps["worker"].add(SnakepitStep)
     app.steps["consumer"].add(SessionStep)
     if app.configured:
@@ -142,7 +104,7 @@ def create_app(config: SnakepitConfig | None = None, *, main: str = "snakepit_ce
     config = config or SnakepitConfig.from_env()
     broker = config.broker_url or os.environ.get("CELERY_BROKER_URL") or DEFAULT_BROKER_URL
     backend = config.result_backend or os.environ.get("CELERY_RESULT_BACKEND")
-    if backend is None and _is_redis(broker):
+    if backend is None and is_redis(broker):
         backend = broker  # results need a backend; the broker's Redis is the obvious one
     app = Celery(main, broker=broker, backend=backend)
     install(app, config)
@@ -185,41 +147,7 @@ def _defaults(app: Celery) -> dict[str, Any]:
     defaults["worker_concurrency"] = max(config.total_bridges, os.cpu_count() or 1)
     if config.broker_url:
         defaults["broker_url"] = config.broker_url
-    backend = config.result_backend or (config.broker_url if _is_redis(config.broker_url) else None)
+    backend = config.result_backend or (config.broker_url if is_redis(config.broker_url) else None)
     if backend:
         defaults["result_backend"] = backend
     return defaults
-
-
-def _is_redis(url: str | None) -> bool:
-    return bool(url) and str(url).lower().startswith(_REDIS_SCHEMES)
-
-
-def resolve_redis_url(app: Celery | None = None, config: SnakepitConfig | None = None) -> str:
-    """The Redis that sessions and streams use.
-
-    ``SNAKEPIT_REDIS_URL`` (``config.redis_url``), else the app's result backend
-    when that is Redis, else its broker when that is Redis.
-
-    Args:
-        app: the Celery app; None means the current app.
-        config: its snakepit config; None: :func:`config_for` ``(app)``.
-
-    Raises:
-        ConfigurationError: none of them is a Redis URL.
-
-    Example::
-
-        SessionStore(resolve_redis_url()).get_session("user_123")
-    """
-    app = app_or_current(app)
-    config = config or config_for(app)
-    if config.redis_url:
-        return config.redis_url
-    for url in (app.conf.result_backend, app.conf.broker_url):
-        if isinstance(url, str) and _is_redis(url):
-            return url
-    raise ConfigurationError(
-        "redis_url: sessions and streams need Redis: set SNAKEPIT_REDIS_URL (or redis_url in the "
-        "config file), or use a redis:// result backend or broker"
-    )

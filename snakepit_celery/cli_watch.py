@@ -19,15 +19,14 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from snakepit_celery.cli_status import format_status, status_of, status_rows
 from snakepit_celery.config import SnakepitConfig
 
 __all__ = ["status_table", "watch_status"]
 
 
 def status_table(stats: dict[str, Any], *, title: str = "snakepit pools") -> Table:
-    """The rich table of :func:`~snakepit_celery.cli.status_rows`: the totals row last, in bold."""
-    from snakepit_celery.cli import status_rows
-
+    """The rich table of :func:`~snakepit_celery.cli_status.status_rows`: the totals row last, in bold."""
     header, *rows = status_rows(stats)
     table = Table(title=title, title_justify="left", header_style="bold", box=None)
     for index, name in enumerate(header):
@@ -63,8 +62,6 @@ def watch_status(
     Returns:
         0: the watch ends only when asked to.
     """
-    from snakepit_celery.cli import format_status, status_of
-
     console = console or Console()
     stop = stop or threading.Event()
     broker = maybe_sanitize_url(app.conf.broker_url)  # the password masked

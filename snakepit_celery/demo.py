@@ -36,7 +36,7 @@ from celery import chord, shared_task
 from snakepit_celery.config import PoolConfig, SnakepitConfig
 from snakepit_celery.embedded import EmbeddedRedis
 from snakepit_celery.errors import SnakepitError
-from snakepit_celery.workerproc import WorkerFailed, WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerFailed, WorkerProcess
 
 __all__ = ["run_demo", "total"]
 
@@ -88,7 +88,7 @@ def run_demo() -> int:
 
 def _node_unavailable() -> str | None:
     """Why a Node.js pool cannot start here (the adapter's own words), or None when it can."""
-    from snakepit_celery.adapters.node import NodeAdapter
+    from snakepit_celery.engine.adapters.node import NodeAdapter
 
     try:
         NodeAdapter().command(PoolConfig(name="node", adapter="node"))

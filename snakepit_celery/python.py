@@ -38,8 +38,8 @@ def _send(
     app: Celery | None,
 ) -> AsyncResult:
     # The tasks are imported here: the sessions task pulls in the worker side.
+    from snakepit_celery.integration.tasks import execute
     from snakepit_celery.sessions.task import execute_in_session
-    from snakepit_celery.tasks import execute
 
     task = execute_in_session if session_id is not None else execute
     if app is not None:

@@ -26,7 +26,7 @@ from typing import Any
 
 from celery import Celery
 
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fastapi_app"
 

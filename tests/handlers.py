@@ -203,7 +203,7 @@ class PoolFactory:
         self.pools: list[Any] = []
 
     def __call__(self, telemetry: Any = None, session_loader: Any = None, **overrides: Any) -> Any:
-        from snakepit_celery.pool import BridgePool
+        from snakepit_celery.engine.pool import BridgePool
 
         pool = BridgePool(
             pool_config(**overrides),
@@ -229,7 +229,7 @@ def __getattr__(name: str) -> Any:
     this module does not import snakepit_celery): ``NoPreloadAdapter``, an adapter
     without the preload start method, and ``Recorder``, a Telemetry that keeps every event."""
     if name == "NoPreloadAdapter":
-        from snakepit_celery.adapters.python import PythonAdapter
+        from snakepit_celery.engine.adapters.python import PythonAdapter
 
         class NoPreloadAdapter(PythonAdapter):
             supports_preload = False
@@ -239,7 +239,7 @@ def __getattr__(name: str) -> Any:
     if name == "Recorder":
         import threading
 
-        from snakepit_celery.telemetry import Telemetry
+        from snakepit_celery.engine.telemetry import Telemetry
 
         class Recorder(Telemetry):
             """Telemetry that keeps every event."""

@@ -16,7 +16,7 @@ cancelling the awaiting coroutine cancels the call. Module map:
 from __future__ import annotations
 
 from snakepit_celery.aio.calls import aexecute, aexecute_in_session
-from snakepit_celery.aio.clients import aclose_clients
+from snakepit_celery.aio.results import aclose_clients
 from snakepit_celery.aio.stream import AsyncStream, astream
 
 __all__ = ["AsyncStream", "aclose_clients", "aexecute", "aexecute_in_session", "astream"]

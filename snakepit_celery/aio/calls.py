@@ -9,7 +9,7 @@ thread, no polling, one pub/sub connection for every awaiting call of the loop.
 Cancelling the awaiting coroutine (``task.cancel()``, ``asyncio.timeout``, a
 client that went away from a FastAPI endpoint) revokes the call: a call still
 queued never runs, and a session call leaves its session's line. The worker's
-``revoke`` also reaches a call it has received (:mod:`snakepit_celery.cancels`):
+``revoke`` also reaches a call it has received (:mod:`snakepit_celery.engine.cancels`):
 one waiting for a bridge never starts, and one a bridge is running has its gRPC
 call cancelled, which the bridge's handler sees (``context.cancelled`` in
 Python, ``ctx.signal`` in Node.js); a bridge whose handler ignores it is
@@ -29,7 +29,7 @@ from celery.exceptions import TimeoutError as CeleryTimeoutError
 from celery.utils import uuid
 
 from snakepit_celery.aio.results import waiter_for
-from snakepit_celery.api import app_or_current
+from snakepit_celery.appconfig import app_or_current
 
 __all__ = ["aexecute", "aexecute_in_session", "revoke_quietly", "sending_awaited"]
 
@@ -127,7 +127,7 @@ async def aexecute(
         result = await aexecute("compute", {"operation": "add", "a": 5, "b": 3})
         result["result"]  # 8
     """
-    from snakepit_celery import tasks as _registers  # noqa: F401  (snakepit.execute)
+    from snakepit_celery.integration import tasks as _registers  # noqa: F401  (snakepit.execute)
 
     app = app_or_current(app)
     kwargs = {"pool": pool, "timeout": timeout, "idempotent": idempotent}

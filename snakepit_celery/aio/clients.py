@@ -14,7 +14,7 @@ from typing import Any
 import redis
 import redis.asyncio as aioredis
 
-__all__ = ["MAX_CONNECTIONS", "aclose_clients", "async_client", "from_connparams"]
+__all__ = ["MAX_CONNECTIONS", "async_client", "close_loop_clients", "from_connparams"]
 
 #: Connections a loop's client opens at most to one Redis: a thousand awaiting calls share them
 #: (a plain pool would open one per concurrent command).
@@ -77,22 +77,8 @@ def from_connparams(key: str, params: dict[str, Any]) -> aioredis.Redis:
     return client
 
 
-async def aclose_clients() -> None:
-    """Close the running loop's Redis clients and result waiters (an app's shutdown, a test's end).
-
-    The next async call of the loop opens new ones. A loop that ends without
-    this leaves its connections to the garbage collector (and a ResourceWarning).
-
-    Example::
-
-        @asynccontextmanager
-        async def lifespan(app: FastAPI):
-            yield
-            await aclose_clients()
-    """
-    from snakepit_celery.aio.results import aclose_waiters  # NOTE: results imports this module
-
-    await aclose_waiters()
+async def close_loop_clients() -> None:
+    """Close the running loop's Redis clients (:func:`~snakepit_celery.aio.results.aclose_clients`)."""
     clients = _by_loop.pop(asyncio.get_running_loop(), {})
     for client in clients.values():
         await client.aclose(close_connection_pool=True)

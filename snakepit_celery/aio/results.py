@@ -34,13 +34,20 @@ import redis.asyncio as aioredis
 from celery import Celery, states
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-from snakepit_celery.aio.clients import async_client, from_connparams
-from snakepit_celery.api import config_for, resolve_redis_url
+from snakepit_celery.aio.clients import async_client, close_loop_clients, from_connparams
+from snakepit_celery.appconfig import config_for, resolve_redis_url
 from snakepit_celery.errors import ConfigurationError
 from snakepit_celery.payloads.codec import RESULT_CONTENT_TYPE, complete_result, parse_result
 from snakepit_celery.payloads.store import prefix_of
 
-__all__ = ["RECONNECT_DELAY", "ResultWaiter", "aclose_waiters", "redis_backend", "waiter_for"]
+__all__ = [
+    "RECONNECT_DELAY",
+    "ResultWaiter",
+    "aclose_clients",
+    "aclose_waiters",
+    "redis_backend",
+    "waiter_for",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +96,25 @@ def waiter_for(app: Celery) -> ResultWaiter:
     return waiter
 
 
+async def aclose_clients() -> None:
+    """Close the running loop's Redis clients and result waiters (an app's shutdown, a test's end).
+
+    The next async call of the loop opens new ones. A loop that ends without
+    this leaves its connections to the garbage collector (and a ResourceWarning).
+
+    Example::
+
+        @asynccontextmanager
+        async def lifespan(app: FastAPI):
+            yield
+            await aclose_clients()
+    """
+    await aclose_waiters()
+    await close_loop_clients()
+
+
 async def aclose_waiters() -> None:
-    """Stop the running loop's waiters (see :func:`~snakepit_celery.aio.clients.aclose_clients`)."""
+    """Stop the running loop's waiters (see :func:`aclose_clients`)."""
     per_app = _waiters.pop(asyncio.get_running_loop(), None)
     for waiter in list(per_app.values()) if per_app is not None else []:
         await waiter.aclose()

@@ -31,8 +31,9 @@ from celery.utils import uuid
 
 from snakepit_celery.aio.calls import sending_awaited
 from snakepit_celery.aio.clients import async_client
-from snakepit_celery.api import app_or_current, config_for, resolve_redis_url
+from snakepit_celery.appconfig import app_or_current, config_for, resolve_redis_url
 from snakepit_celery.errors import ConfigurationError, StreamError
+from snakepit_celery.integration.known_pools import LIVE_POOLS, hosted_pools
 from snakepit_celery.streaming.client import READ_COUNT, REDIS_GRACE, Stream
 from snakepit_celery.streaming.pending import (
     DEFAULT_START_TIMEOUT,
@@ -51,22 +52,14 @@ class _LivePools(HostWatch):
     """:class:`HostWatch` whose registry read is awaited (its verdict is the sync class's)."""
 
     def __init__(self, client: aioredis.Redis, prefix: str, pool: str) -> None:
-        from snakepit_celery.sessions import leasescripts  # NOTE: sessions import the tasks
-
         self.pool = pool
         self.grace = NO_WORKER_GRACE
         self.unhosted_since = None
         self.prefix = prefix
-        self._script = client.register_script(leasescripts.LIVE_POOLS)
+        self._script = client.register_script(LIVE_POOLS)
 
     async def acheck(self, task_id: str) -> StreamError | None:
-        reply = await self._script(args=[self.prefix])
-        hosted: dict[str, list[str]] = {}
-        for worker, pools in zip(reply[::2], reply[1::2], strict=True):
-            for name in _text(pools).split(","):
-                if name:
-                    hosted.setdefault(name, []).append(_text(worker))
-        return self.judge(task_id, hosted)
+        return self.judge(task_id, hosted_pools(await self._script(args=[self.prefix])))
 
 
 def _text(value: Any) -> str:

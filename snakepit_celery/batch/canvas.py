@@ -36,9 +36,10 @@ from celery import Celery, chord
 from celery.canvas import Signature
 from celery.utils import uuid
 
-from snakepit_celery.api import app_or_current, config_for, get_stats, resolve_redis_url
+from snakepit_celery.appconfig import app_or_current, config_for, resolve_redis_url
 from snakepit_celery.errors import ConfigurationError, InvalidArguments
-from snakepit_celery.known_pools import check_pool
+from snakepit_celery.integration.known_pools import check_pool
+from snakepit_celery.observability.stats import get_stats
 from snakepit_celery.streaming.protocol import validate_task_id
 
 __all__ = [

@@ -1,7 +1,7 @@
 """Where a batch message goes: its pool's queue, or its session's queue.
 
 Without a session, ``execute_batch`` is routed like ``execute`` (the queue of
-the pool it names, :class:`~snakepit_celery.tasks.PoolTask`). With
+the pool it names, :class:`~snakepit_celery.integration.tasks.PoolTask`). With
 ``session_id``, it is a session call like any other: the session router
 validates the id, finds (or binds, or wakes) the owner, journals the call on a
 Redis broker and publishes it to ``<prefix>.session.<id>``, which only the

@@ -33,12 +33,12 @@ import weakref
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from snakepit_celery import tracing
 from snakepit_celery.batch.items import Batch
 from snakepit_celery.errors import InfrastructureError, PoolClosed
+from snakepit_celery.observability import tracing
 
 if TYPE_CHECKING:
-    from snakepit_celery.pool import BridgePool
+    from snakepit_celery.engine.pool import BridgePool
 
 __all__ = ["IDLE_EXIT", "MAX_SLICE", "SLICES_PER_BRIDGE", "BatchCall", "runner_for", "slice_size"]
 

@@ -24,17 +24,17 @@ import redis
 from celery import Task, shared_task
 from celery.states import SUCCESS
 
-from snakepit_celery.api import config_for, resolve_redis_url
+from snakepit_celery.appconfig import config_for, resolve_redis_url
 from snakepit_celery.batch.items import Batch
 from snakepit_celery.batch.progress import PROGRESS_INTERVAL, MapState, outcome_error
 from snakepit_celery.batch.routing import BatchTask
 from snakepit_celery.batch.runner import BatchCall, runner_for
 from snakepit_celery.errors import ConfigurationError, InvalidArguments, SnakepitError
+from snakepit_celery.integration.tasks import PoolTask
+from snakepit_celery.integration.worker import current_host
 from snakepit_celery.recovery import begin_now
 from snakepit_celery.sessions.task import session_turn
 from snakepit_celery.streaming.task import relay_client
-from snakepit_celery.tasks import PoolTask
-from snakepit_celery.worker import current_host
 
 __all__ = ["batch_join", "execute_batch"]
 

@@ -5,7 +5,7 @@ in a call's arguments or in a task's result is written to
 ``<prefix>:payload:<uuid>`` in the snakepit Redis with a TTL of
 ``payload_ref_ttl``, and the message or stored result carries a reference of a
 few bytes. The worker fetches the arguments' bytes right before the task runs
-(``execute``: as it builds the bridge's request, :func:`.codec.fetch_waiting`)
+(``execute``: as it builds the bridge's request, :func:`.taskrun.fetch_waiting`)
 and hands them to the bridge as raw gRPC bytes (``Payload.blobs``); the
 caller's ``.get()``, a chord's callback, a chain's next step and ``batch_map``
 see plain ``bytes``. A payload is deleted once read: an argument's once its
@@ -26,6 +26,7 @@ from snakepit_celery.payloads.codec import (
     sending,
 )
 from snakepit_celery.payloads.store import PayloadStore
+from snakepit_celery.payloads.taskrun import fetch_waiting  # and connects the task signals
 
 __all__ = [
     "MESSAGE_CONTENT_TYPE",
@@ -34,6 +35,7 @@ __all__ = [
     "RESULT_SERIALIZER",
     "PayloadRef",
     "PayloadStore",
+    "fetch_waiting",
     "register_app",
     "sending",
 ]

@@ -11,7 +11,7 @@ included) except that a ``bytes`` value longer than the app's
   (one MGET) in ``task_prerun``, in the task's own thread, right before the
   task runs, and deletes them once the task has finished (``task_postrun``).
   ``snakepit.execute`` fetches its own later, as it builds the bridge's
-  request (:func:`fetch_waiting`): its arguments keep the references, so
+  request (:func:`.taskrun.fetch_waiting`): its arguments keep the references, so
   the bytes live in that request alone, not also in Celery's arguments for
   the whole call.
   A call that is rejected, retried or ignored keeps them for its next copy,
@@ -44,10 +44,10 @@ from typing import Any
 from celery import Celery, signals
 from kombu.serialization import register
 from kombu.utils import json as kombu_json
-from snakepit_bridge.wire import NDArray, WireError
+from snakepit_bridge.wire import NDArray
 
-from snakepit_celery.api import app_or_current
-from snakepit_celery.errors import ConfigurationError, InvalidArguments, PayloadTooLarge
+from snakepit_celery.appconfig import app_or_current
+from snakepit_celery.errors import ConfigurationError, PayloadTooLarge
 from snakepit_celery.payloads.arrays import PendingArray, build, encode_array
 from snakepit_celery.payloads.store import PayloadStore, expired, prefix_of, store_for_app, store_for_prefix
 
@@ -58,9 +58,10 @@ __all__ = [
     "RESULT_SERIALIZER",
     "PayloadRef",
     "complete_result",
-    "fetch_waiting",
+    "fetch_refs",
     "parse_result",
     "register_app",
+    "replace_refs",
     "sending",
 ]
 
@@ -72,16 +73,12 @@ RESULT_SERIALIZER = "snakepit-result"
 RESULT_CONTENT_TYPE = "application/x-snakepit-result+json"
 REF_TYPE = "snakepit_ref"
 _MARK = '"snakepit_ref"'
-#: Task states after which a message comes again (or already did): its payloads stay.
-_COMES_AGAIN = frozenset({"IGNORED", "RETRY", "REJECTED"})
-#: Tasks whose payloads wait in Redis until the bridge's request is built (:func:`fetch_waiting`).
-_FETCHED_LATE = frozenset({"snakepit.execute"})
 
 _apps: weakref.WeakSet[Celery] = weakref.WeakSet()
 #: Per thread: ``routing_key`` of the message being published, ``decoded`` (the refs of
 #: the message the task thread just decoded), ``taken`` (those the running task fetched,
 #: or will) and ``waiting`` (the running task fetches its own: :func:`fetch_waiting`).
-_local = threading.local()
+thread_state = threading.local()
 
 
 class PayloadRef:
@@ -147,7 +144,7 @@ class _Encoder(kombu_json.JSONEncoder):
             # ``result_extended``): its own copy, as its bytes would have had; the
             # call's key goes when the call ends.
             ref = o if isinstance(o, PayloadRef) else o.ref
-            data = _store_of(ref.key).get([ref.key])[0]
+            data = store_of(ref.key).get([ref.key])[0]
             if data is not None:
                 return (
                     data
@@ -184,8 +181,8 @@ def _installed_store() -> PayloadStore | None:
 
 
 def _sending_store(pool: object) -> PayloadStore | None:
-    routing_key = getattr(_local, "routing_key", None)
-    _local.routing_key = None
+    routing_key = getattr(thread_state, "routing_key", None)
+    thread_state.routing_key = None
     app = _sending_app.get()
     if app is not None and app in _apps:
         return store_for_app(app)
@@ -256,15 +253,15 @@ def _hook(refs: list[PayloadRef]) -> Callable[[dict[str, Any]], Any]:
 def loads_message(data: Any) -> Any:
     """A task message, each reference a :class:`PayloadRef` (fetched in ``task_prerun``)."""
     if not _has_refs(data):
-        _local.decoded = []
+        thread_state.decoded = []
         return _kombu_loads(data)
     refs: list[PayloadRef] = []
     body = _kombu_loads(data, _hook(refs))
-    _local.decoded = refs  # the task thread's decode comes right before its task_prerun
+    thread_state.decoded = refs  # the task thread's decode comes right before its task_prerun
     return body
 
 
-def _store_of(key: str) -> PayloadStore:
+def store_of(key: str) -> PayloadStore:
     store = store_for_prefix(prefix_of(key), list(_apps))
     if store is None:
         raise ConfigurationError(
@@ -273,11 +270,11 @@ def _store_of(key: str) -> PayloadStore:
     return store
 
 
-def _fetch(refs: list[PayloadRef], *, delete: bool) -> dict[str, bytes | None]:
+def fetch_refs(refs: list[PayloadRef], *, delete: bool) -> dict[str, bytes | None]:
     found: dict[str, bytes | None] = {}
     by_store: dict[int, tuple[PayloadStore, list[str]]] = {}
     for ref in refs:
-        store = _store_of(ref.key)
+        store = store_of(ref.key)
         by_store.setdefault(id(store), (store, []))[1].append(ref.key)
     for store, keys in by_store.values():
         values = store.take(keys) if delete else store.get(keys)
@@ -285,7 +282,7 @@ def _fetch(refs: list[PayloadRef], *, delete: bool) -> dict[str, bytes | None]:
     return found
 
 
-def _replace(value: Any, found: dict[str, bytes | None]) -> Any:
+def replace_refs(value: Any, found: dict[str, bytes | None]) -> Any:
     """``value`` with each PayloadRef whose bytes were found replaced, containers changed in place."""
     if isinstance(value, PayloadRef):
         data = found.get(value.key)
@@ -296,11 +293,11 @@ def _replace(value: Any, found: dict[str, bytes | None]) -> Any:
     if isinstance(value, dict):
         for k, item in value.items():
             if isinstance(item, (PayloadRef, PendingArray, dict, list)):
-                value[k] = _replace(item, found)
+                value[k] = replace_refs(item, found)
     elif isinstance(value, list):
         for i, item in enumerate(value):
             if isinstance(item, (PayloadRef, PendingArray, dict, list)):
-                value[i] = _replace(item, found)
+                value[i] = replace_refs(item, found)
     return value
 
 
@@ -313,7 +310,7 @@ def loads_result(data: Any) -> Any:
     value, refs = parse_result(data)
     if not refs:
         return value
-    return complete_result(value, refs, _fetch(refs, delete=True))
+    return complete_result(value, refs, fetch_refs(refs, delete=True))
 
 
 def parse_result(data: Any) -> tuple[Any, list[PayloadRef]]:
@@ -337,7 +334,7 @@ def complete_result(value: Any, refs: list[PayloadRef], found: dict[str, bytes |
     """
     gone = next((ref for ref in refs if found.get(ref.key) is None), None)
     if gone is None:
-        return _replace(value, found)
+        return replace_refs(value, found)
     error = expired(gone.key, gone.size)
     if isinstance(value, dict) and "status" in value and "task_id" in value:
         failure = {
@@ -349,120 +346,15 @@ def complete_result(value: Any, refs: list[PayloadRef], found: dict[str, bytes |
     raise error
 
 
-def _refs_in(value: Any, into: list[PayloadRef]) -> list[PayloadRef]:
-    if isinstance(value, PayloadRef):
-        into.append(value)
-    elif isinstance(value, PendingArray):
-        into.append(value.ref)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _refs_in(item, into)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            _refs_in(item, into)
-    return into
-
-
-def fetch_waiting(value: Any) -> Any:
-    """``value`` with the payloads the running task left waiting fetched; else ``value`` itself.
-
-    Only ``snakepit.execute`` leaves them waiting (see ``_on_prerun``); the
-    pool calls this as it builds the bridge's request, and drops the copy
-    once the request holds the bytes. Each container on the way to a
-    reference is copied, the task's own arguments are left as they came; an
-    array comes as an :class:`NDArray`, whose buffer the wire sends as it is.
-    Where the task has nothing waiting (every call but a big one's) this is
-    one attribute read.
-
-    Raises:
-        PayloadExpired: a payload is gone (past its TTL): the call never runs.
-        InvalidArguments: an array's dtype or shape does not fit its bytes.
-    """
-    if not getattr(_local, "waiting", False):
-        return value
-    refs = _refs_in(value, [])
-    if not refs:
-        return value
-    found = _fetch(refs, delete=False)
-    gone = next((ref for ref in refs if found.get(ref.key) is None), None)
-    if gone is not None:
-        raise expired(gone.key, gone.size)
-    try:
-        return _fetched(value, found)
-    except WireError as exc:
-        raise InvalidArguments(f"arguments: {exc}") from None
-
-
-def _fetched(value: Any, found: dict[str, bytes | None]) -> Any:
-    if isinstance(value, PayloadRef):
-        return found[value.key]
-    if isinstance(value, PendingArray):
-        data = found[value.ref.key]
-        assert data is not None
-        return NDArray(value.dtype, tuple(value.shape), data)
-    if isinstance(value, dict):
-        return {key: _fetched(item, found) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_fetched(item, found) for item in value]
-    if isinstance(value, tuple):
-        return tuple(_fetched(item, found) for item in value)
-    return value
-
-
 def _on_publish(routing_key: str | None = None, **_: Any) -> None:
-    _local.routing_key = routing_key  # read by the dumps of this very message, in this thread
+    thread_state.routing_key = routing_key  # read by the dumps of this very message, in this thread
 
 
 def _on_published(**_: Any) -> None:
-    _local.routing_key = None  # a message another serializer wrote leaves no key for the next
-
-
-def _on_prerun(
-    sender: Any = None, task_id: str | None = None, args: Any = None, kwargs: Any = None, **_: Any
-) -> None:
-    _local.taken = None
-    _local.waiting = False
-    decoded = _local.__dict__.pop("decoded", None)
-    if decoded is not None and not decoded:
-        return  # the message this thread just decoded had none (the common case: no walk)
-    refs = _refs_in(kwargs, _refs_in(args, []))
-    if not refs:
-        return
-    if getattr(sender, "name", None) in _FETCHED_LATE:
-        _local.waiting = True
-        _local.taken = (task_id, [ref.key for ref in refs])  # deleted after the call, as fetched ones
-        return
-    try:
-        found = _fetch(refs, delete=False)
-    except Exception as exc:  # a task must still run and answer, with the refs unresolved
-        log.error("snakepit: task %s: cannot fetch its %d payload(s): %s", task_id, len(refs), exc)
-        return
-    _replace(args, found)
-    _replace(kwargs, found)
-    for ref in refs:
-        if found.get(ref.key) is None:
-            log.error("snakepit: task %s: %s", task_id, expired(ref.key, ref.size))
-    _local.taken = (task_id, [key for key, data in found.items() if data is not None])
-
-
-def _on_postrun(task_id: str | None = None, state: str | None = None, **_: Any) -> None:
-    taken, _local.taken = getattr(_local, "taken", None), None
-    _local.waiting = False
-    if taken is None or taken[0] != task_id or state in _COMES_AGAIN or not taken[1]:
-        return
-    try:
-        by_prefix: dict[str, list[str]] = {}
-        for key in taken[1]:
-            by_prefix.setdefault(prefix_of(key), []).append(key)
-        for keys in by_prefix.values():
-            _store_of(keys[0]).delete(keys)
-    except Exception as exc:  # their TTL removes them
-        log.warning("snakepit: task %s: its payloads stay until their TTL: %s", task_id, exc)
+    thread_state.routing_key = None  # a message another serializer wrote leaves no key for the next
 
 
 signals.before_task_publish.connect(_on_publish, weak=False)
 signals.after_task_publish.connect(_on_published, weak=False)
-signals.task_prerun.connect(_on_prerun, weak=False)
-signals.task_postrun.connect(_on_postrun, weak=False)
 register(MESSAGE_SERIALIZER, dumps_message, loads_message, content_type=MESSAGE_CONTENT_TYPE)  # type: ignore[no-untyped-call]
 register(RESULT_SERIALIZER, dumps_result, loads_result, content_type=RESULT_CONTENT_TYPE)  # type: ignore[no-untyped-call]

@@ -2,7 +2,7 @@
 
 One :class:`PayloadStore` per installed app, made on first use from the app's
 config (``payload_ref_threshold``, ``payload_ref_ttl``, ``queue_prefix``) and
-:func:`~snakepit_celery.api.resolve_redis_url`. An app with no Redis, or with
+:func:`~snakepit_celery.appconfig.resolve_redis_url`. An app with no Redis, or with
 the threshold at 0, has no store: its bytes stay inside the messages, as
 before. A reference names its key, and the key its prefix, so whoever reads a
 reference finds the store of the app it belongs to, even in a process that
@@ -119,7 +119,7 @@ _lock = threading.Lock()
 
 def store_for_app(app: Celery) -> PayloadStore | None:
     """The store of ``app`` (made once), or None: no Redis, or payloads by reference turned off."""
-    from snakepit_celery.api import config_for, resolve_redis_url
+    from snakepit_celery.appconfig import config_for, resolve_redis_url
 
     with _lock:
         if app in _stores:

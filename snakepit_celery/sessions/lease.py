@@ -51,6 +51,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from snakepit_celery.integration.known_pools import LIVE_POOLS, hosted_pools
 from snakepit_celery.sessions import leasescripts as lua
 
 __all__ = ["BATCH", "LeaseTable", "Route"]
@@ -102,7 +103,7 @@ class LeaseTable:
         self._expire_begin = reg(lua.EXPIRE_BEGIN)
         self._expire_abort = reg(lua.EXPIRE_ABORT)
         self._forget = reg(lua.FORGET)
-        self._live_pools = reg(lua.LIVE_POOLS)
+        self._live_pools = reg(LIVE_POOLS)
 
     def key(self, *parts: str) -> str:
         """``<prefix>:part:part``."""
@@ -174,15 +175,9 @@ class LeaseTable:
         """The pools the live workers host (by Redis' clock): pool -> worker ids, in one round trip.
 
         Callers read it to tell a pool some worker hosts from a typo
-        (:mod:`snakepit_celery.known_pools`).
+        (:mod:`snakepit_celery.integration.known_pools`).
         """
-        reply = self._live_pools(args=[self.prefix])
-        hosted: dict[str, list[str]] = {}
-        for worker, pools in zip(reply[::2], reply[1::2], strict=True):
-            for pool in _text(pools).split(","):
-                if pool:
-                    hosted.setdefault(pool, []).append(_text(worker))
-        return hosted
+        return hosted_pools(self._live_pools(args=[self.prefix]))
 
     def dead_workers(self) -> list[str]:
         """Workers whose lease has lapsed (by Redis' clock)."""

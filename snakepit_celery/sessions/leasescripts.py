@@ -16,7 +16,6 @@ __all__ = [
     "EXPIRE_BEGIN",
     "FORGET",
     "HEARTBEAT",
-    "LIVE_POOLS",
     "ROUTE",
     "SET_ACTIVE",
 ]
@@ -103,19 +102,6 @@ if first == '1' then
   end
 end
 return 1
-"""
-
-# ARGV: prefix. Read-only: {worker, pools csv, ...} of every worker whose lease is live.
-LIVE_POOLS = """
-local P = ARGV[1]
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local out = {}
-for _, w in ipairs(redis.call('ZRANGEBYSCORE', P .. ':workers', '(' .. now, '+inf')) do
-  out[#out + 1] = w
-  out[#out + 1] = redis.call('HGET', P .. ':worker:' .. w, 'pools') or ''
-end
-return out
 """
 
 # ARGV: prefix, dead worker id, '1' when it leaves on purpose (skip the deadline check).

@@ -21,7 +21,7 @@ __all__ = ["create_program", "execute_program"]
 
 
 def _app(app: Any) -> Any:
-    from snakepit_celery.api import app_or_current
+    from snakepit_celery.appconfig import app_or_current
 
     return app_or_current(app)
 
@@ -51,7 +51,7 @@ def create_program(
         r = create_program("ml_session_123", {"signature": "question -> answer"})
         program_id = r.get(timeout=10)["program_id"]
     """
-    from snakepit_celery.api import config_for, resolve_redis_url
+    from snakepit_celery.appconfig import config_for, resolve_redis_url
     from snakepit_celery.sessions.task import execute_in_session
 
     validate_session_id(session_id)

@@ -117,8 +117,8 @@ class SessionRouter:
 
         session_id, args, named = parse_session_call(task.name, args, kwargs)
         if named.get("pool"):  # a new session would wait for an owner that never comes
-            from snakepit_celery.api import config_for
-            from snakepit_celery.known_pools import check_pool
+            from snakepit_celery.appconfig import config_for
+            from snakepit_celery.integration.known_pools import check_pool
 
             check_pool(self.app, config_for(self.app), named["pool"])
         queue = session_queue(self.prefix, session_id)
@@ -153,7 +153,7 @@ _routers_lock = threading.Lock()
 
 def router_for(app: Any) -> SessionRouter:
     """The router of ``app`` (created once, from its config and Redis)."""
-    from snakepit_celery.api import config_for, resolve_redis_url
+    from snakepit_celery.appconfig import config_for, resolve_redis_url
 
     with _routers_lock:
         router = _routers.get(app)

@@ -64,7 +64,7 @@ def current_manager() -> SessionManager:
 def session_loader_for(app: Any) -> Callable[[str], dict[str, Any] | None] | None:
     """The pool's ``session_loader``: a session's stored data (programs, metadata),
     sent to the bridge with InitSession so it can rebuild the session's state."""
-    from snakepit_celery.api import config_for, resolve_redis_url
+    from snakepit_celery.appconfig import config_for, resolve_redis_url
 
     config = config_for(app)
     try:
@@ -156,8 +156,8 @@ class SessionStep(bootsteps.StartStopStep):  # type: ignore[misc]
     def start(self, c: Any) -> None:
         global _manager, _redis_broker
         if self.manager is None:
-            from snakepit_celery.api import config_for, resolve_redis_url
-            from snakepit_celery.worker import current_host
+            from snakepit_celery.appconfig import config_for, resolve_redis_url
+            from snakepit_celery.integration.worker import current_host
 
             config = config_for(c.app)
             try:

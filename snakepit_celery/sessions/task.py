@@ -20,10 +20,10 @@ from typing import Any
 from celery import Task, shared_task
 
 from snakepit_celery.errors import ExecutionError, SessionError
+from snakepit_celery.integration.tasks import PoolTask
 from snakepit_celery.sessions.calls import TASK_NAME
 from snakepit_celery.sessions.routing import router_for
 from snakepit_celery.sessions.step import current_manager
-from snakepit_celery.tasks import PoolTask
 
 __all__ = ["PoolOrSessionTask", "SessionTask", "execute_in_session", "session_turn"]
 

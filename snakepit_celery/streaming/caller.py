@@ -17,7 +17,7 @@ from typing import Any
 from celery import Celery
 from celery.utils import uuid
 
-from snakepit_celery.api import app_or_current, config_for, resolve_redis_url
+from snakepit_celery.appconfig import app_or_current, config_for, resolve_redis_url
 from snakepit_celery.streaming.client import Stream
 from snakepit_celery.streaming.connection import redis_client, stream_prefix
 from snakepit_celery.streaming.pending import DEFAULT_START_TIMEOUT

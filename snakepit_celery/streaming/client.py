@@ -21,7 +21,7 @@ from typing import Any
 import redis
 from celery import Celery
 
-from snakepit_celery.api import app_or_current
+from snakepit_celery.appconfig import app_or_current
 from snakepit_celery.errors import CommandCancelled, SnakepitError
 from snakepit_celery.streaming.connection import redis_client, stream_prefix
 from snakepit_celery.streaming.pending import DEFAULT_START_TIMEOUT

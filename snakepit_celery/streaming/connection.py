@@ -12,7 +12,7 @@ import threading
 import redis
 from celery import Celery
 
-from snakepit_celery.api import config_for, resolve_redis_url
+from snakepit_celery.appconfig import config_for, resolve_redis_url
 
 __all__ = ["redis_client", "stream_prefix"]
 

@@ -24,7 +24,7 @@ on a Redis backend):
 
 A message routed to a pool that no live worker hosts stays ``PENDING``
 forever (a pool unknown to the caller's config and to every live worker is
-refused when sending, :mod:`snakepit_celery.known_pools`; a configured one is
+refused when sending, :mod:`snakepit_celery.integration.known_pools`; a configured one is
 sent, since a worker may be starting). So while the stream has not started,
 the reader also asks the live workers' registry (the session leases in Redis,
 :meth:`~snakepit_celery.sessions.lease.LeaseTable.live_pools`, one Lua call

@@ -30,15 +30,15 @@ from celery import Celery, Task, shared_task, signals, states
 from celery.exceptions import Ignore
 from celery.worker import state as worker_state
 
-from snakepit_celery import tracing
-from snakepit_celery.api import config_for, resolve_redis_url
+from snakepit_celery.appconfig import config_for, resolve_redis_url
 from snakepit_celery.errors import SnakepitError, StreamError, WorkerLost
+from snakepit_celery.integration.worker import current_host
+from snakepit_celery.observability import tracing
 from snakepit_celery.recovery import begin_now
 from snakepit_celery.sessions.task import PoolOrSessionTask, session_turn
 from snakepit_celery.streaming.protocol import Outcome, StreamKeys, end_unstarted
 from snakepit_celery.streaming.relay import StreamRelay
 from snakepit_celery.streaming.sources import ChunkSource
-from snakepit_celery.worker import current_host
 
 __all__ = ["execute_stream", "relay_client"]
 

@@ -15,8 +15,8 @@ import pytest
 from snakepit_bridge._proto import bridge_pb2
 from testprocs import missing_service
 
-from snakepit_celery.adapters import resolve_adapter
 from snakepit_celery.config import PoolConfig
+from snakepit_celery.engine.adapters import resolve_adapter
 
 from .base import BridgeContract, Launch
 from .common import Client

@@ -25,7 +25,7 @@ from celery import Celery
 from devtools import free_port, watch_progress_page
 
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples" / "flask_app"

@@ -45,11 +45,11 @@ import pytest
 from celery import Celery
 from testprocs import RUN_MARK, assert_no_orphans, missing_service
 
-from snakepit_celery.adapters import resolve_adapter
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.embedded import EmbeddedRedis
+from snakepit_celery.engine.adapters import resolve_adapter
 from snakepit_celery.errors import ConfigurationError
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 #: The heading of the README's first block, the Flask view: the user's app module, ``web.py``.

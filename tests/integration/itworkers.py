@@ -26,7 +26,7 @@ from itapp import make_app
 
 from snakepit_celery import SnakepitConfig
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 HERE = Path(__file__).parent
 #: Redis databases handed out in turn (0 is left to the ``redis_url`` fixture).

@@ -14,7 +14,7 @@ import pytest
 from snakepit_celery.api import create_app
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI = [sys.executable, "-m", "snakepit_celery.cli"]

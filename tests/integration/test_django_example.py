@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from snakepit_celery.stats import get_stats
-from snakepit_celery.workerproc import WorkerFailed, WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerFailed, WorkerProcess
+from snakepit_celery.observability.stats import get_stats
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "django_project"
 

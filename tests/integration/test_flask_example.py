@@ -12,7 +12,7 @@ from types import ModuleType
 
 import pytest
 
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "flask_app"
 

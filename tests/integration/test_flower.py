@@ -19,7 +19,7 @@ import pytest
 from itworkers import HERE, Worker, WorkerFactory
 
 from snakepit_celery import CommandError
-from snakepit_celery.workerproc import WorkerFailed, WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerFailed, WorkerProcess
 
 
 def _free_port() -> int:

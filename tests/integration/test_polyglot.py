@@ -22,8 +22,8 @@ from itworkers import Worker, WorkerFactory
 from testprocs import missing_service
 
 from snakepit_celery import CommandError, InvalidArguments
-from snakepit_celery.adapters import resolve_adapter
 from snakepit_celery.config import SnakepitConfig
+from snakepit_celery.engine.adapters import resolve_adapter
 from snakepit_celery.errors import ConfigurationError
 
 CONFIG = Path(__file__).resolve().parents[2] / "worker_configs" / "polyglot.toml"

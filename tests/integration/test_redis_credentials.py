@@ -18,7 +18,7 @@ from redisprocs import RedisProcess
 
 from snakepit_celery.api import create_app
 from snakepit_celery.config import SnakepitConfig
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 CLI = [sys.executable, "-m", "snakepit_celery.cli", "worker"]
 PASSWORD = "right-pw-4c1b"

@@ -30,9 +30,9 @@ from testprocs import missing_service
 from snakepit_celery import aclose_clients, aexecute
 from snakepit_celery.api import create_app, resolve_redis_url
 from snakepit_celery.config import SnakepitConfig
+from snakepit_celery.integration.workerproc import WorkerProcess
 from snakepit_celery.sessions.store import SessionStore
 from snakepit_celery.streaming.caller import stream
-from snakepit_celery.workerproc import WorkerProcess
 
 CLI = [sys.executable, "-m", "snakepit_celery.cli", "worker"]
 

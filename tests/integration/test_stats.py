@@ -25,7 +25,7 @@ from snakepit_celery import (
     UnknownCommand,
 )
 from snakepit_celery.cli import format_status
-from snakepit_celery.stats import get_stats
+from snakepit_celery.observability.stats import get_stats
 
 REPO = Path(__file__).resolve().parents[2]
 GATE = {"size": 1, "max_queue": 1, "queue_timeout": 5.0, "handler": "tests.handlers:TestHandler"}

@@ -23,7 +23,7 @@ import pytest
 
 from snakepit_celery.api import create_app
 from snakepit_celery.config import SnakepitConfig
-from snakepit_celery.workerproc import WorkerProcess
+from snakepit_celery.integration.workerproc import WorkerProcess
 
 CLI = [sys.executable, "-m", "snakepit_celery.cli"]
 #: rich's cursor moves and colours, stripped before the text is searched.

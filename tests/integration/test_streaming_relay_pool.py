@@ -19,8 +19,8 @@ import pytest
 import redis
 
 from snakepit_celery.config import PoolConfig
+from snakepit_celery.engine.pool import BridgePool
 from snakepit_celery.errors import CommandError, InvalidArguments, UnknownCommand
-from snakepit_celery.pool import BridgePool
 from snakepit_celery.streaming import Stream, StreamRelay
 
 

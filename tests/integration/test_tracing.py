@@ -28,7 +28,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from snakepit_celery import CommandError, batch_map, stream
-from snakepit_celery.tracing import CHUNK_EVENTS
+from snakepit_celery.observability.tracing import CHUNK_EVENTS
 
 NODE_HANDLER = HERE / "otel_handler.js"
 LANGS = ("python", "node")

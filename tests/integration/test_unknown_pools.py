@@ -38,10 +38,10 @@ from snakepit_celery import (
 from snakepit_celery.api import config_for, create_app
 from snakepit_celery.cli import format_status, status_of
 from snakepit_celery.embedded import EmbeddedRedis
-from snakepit_celery.known_pools import HIT_TTL
+from snakepit_celery.integration.known_pools import HIT_TTL
+from snakepit_celery.integration.workerproc import WorkerProcess
 from snakepit_celery.sessions.lease import LeaseTable
 from snakepit_celery.streaming.pending import NO_WORKER_GRACE
-from snakepit_celery.workerproc import WorkerProcess
 
 CLI = [sys.executable, "-m", "snakepit_celery.cli"]
 #: The pools of the callers' own config (not the worker's).

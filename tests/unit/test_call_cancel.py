@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from snakepit_celery.cancels import CallCancels, cancel_call
+from snakepit_celery.engine.cancels import CallCancels, cancel_call
 from snakepit_celery.errors import CommandCancelled
 from tests.handlers import REPO_ROOT, PoolFactory, wait_until
 from tests.testprocs import missing_service

@@ -107,7 +107,7 @@ def _check_snakepit_cli(argv: list[str], env: dict[str, str], working_dir: str) 
         assert config_file.is_file(), f"{ns.config} does not exist"
         config = SnakepitConfig.from_env({**env, "SNAKEPIT_CONFIG": str(config_file)})
         assert config.pools
-        from snakepit_celery.adapters import resolve_adapter
+        from snakepit_celery.engine.adapters import resolve_adapter
 
         for pool in config.pools:
             resolve_adapter(pool.adapter)  # a typo would raise, naming the alias

@@ -1,4 +1,4 @@
-"""The gRPC tuning of the worker and its bridges (snakepit_celery.grpcenv).
+"""The gRPC tuning of the worker and its bridges (snakepit_celery.engine.grpcenv).
 
 gRPC reads GRPC_EXPERIMENTS once per process, so the worker-side checks run
 in fresh interpreters; the bridge-side ones read a real bridge's environment.
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from snakepit_celery import grpcenv
-from snakepit_celery.adapters.python import PythonAdapter
 from snakepit_celery.config import PoolConfig
+from snakepit_celery.engine import grpcenv
+from snakepit_celery.engine.adapters.python import PythonAdapter
 from tests.handlers import PoolFactory
 
 #: A name gRPC's core does not know: it logs "Unknown experiment: <name>" when it reads it.
@@ -25,7 +25,7 @@ _PROBE_NAME = "snakepit_probe_name"
 _PROBE = """
 import os, sys
 {before}
-from snakepit_celery import grpcenv
+from snakepit_celery.engine import grpcenv
 grpcenv.GRPC_EXPERIMENTS = "-{name}"
 print(grpcenv.tune_this_process(), repr(os.environ.get("GRPC_EXPERIMENTS")))
 import grpc

@@ -18,9 +18,9 @@ import pytest
 from testprocs import LONG_LIVED
 
 from snakepit_celery.config import SnakepitConfig
+from snakepit_celery.engine.host import OWNER_FILE, PoolHost, host_directory
+from snakepit_celery.engine.runrecord import create_time, record_process
 from snakepit_celery.errors import ConfigurationError, PoolNotFound
-from snakepit_celery.host import OWNER_FILE, PoolHost, host_directory
-from snakepit_celery.runrecord import create_time, record_process
 from tests.handlers import REPO_ROOT, pid_alive, pool_config, wait_until
 
 
@@ -83,7 +83,7 @@ HOST_SCRIPT = textwrap.dedent(
     """
     import json, sys
     from snakepit_celery.config import SnakepitConfig
-    from snakepit_celery.host import PoolHost
+    from snakepit_celery.engine.host import PoolHost
     from tests.handlers import pool_config
 
     method, base = sys.argv[1], sys.argv[2]

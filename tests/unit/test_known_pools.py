@@ -7,7 +7,7 @@ from celery import Celery, chain, group
 
 from snakepit_celery import PoolNotFound, SnakepitConfig, install
 from snakepit_celery.config import PoolConfig
-from snakepit_celery.known_pools import check_pool, unknown_pool
+from snakepit_celery.integration.known_pools import check_pool, unknown_pool
 
 
 def test_the_message_names_the_pool_suggests_the_closest_and_lists_them_all() -> None:

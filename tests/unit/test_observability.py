@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from snakepit_celery import signals
 from snakepit_celery.config import SnakepitConfig
+from snakepit_celery.engine.host import PoolHost
 from snakepit_celery.errors import CommandError, UnknownCommand
-from snakepit_celery.host import PoolHost
-from snakepit_celery.metrics import MAX_COMMAND_LABELS, PrometheusTelemetry
-from snakepit_celery.monitoring import WorkerTelemetry
-from snakepit_celery.stats import summarize
+from snakepit_celery.observability import signals
+from snakepit_celery.observability.metrics import MAX_COMMAND_LABELS, PrometheusTelemetry
+from snakepit_celery.observability.monitoring import WorkerTelemetry
+from snakepit_celery.observability.stats import summarize
 from tests.handlers import pool_config
 
 

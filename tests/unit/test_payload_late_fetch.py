@@ -20,7 +20,7 @@ from celery import Celery, current_app, signals
 from kombu.serialization import dumps, loads
 
 from snakepit_celery import PayloadExpired, SnakepitConfig, install
-from snakepit_celery.payloads import MESSAGE_CONTENT_TYPE, PayloadRef, sending
+from snakepit_celery.payloads import MESSAGE_CONTENT_TYPE, PayloadRef, fetch_waiting, sending
 from snakepit_celery.payloads.codec import dumps_result, loads_result
 from tests.handlers import PoolFactory
 
@@ -80,7 +80,7 @@ def test_the_args_keep_their_references_while_the_bridge_gets_the_bytes(
     pool = make_pool(size=1)
     for _ in run_task(app.tasks["snakepit.execute"], "late-1", args, kwargs):
         assert isinstance(args[1]["data"], PayloadRef)
-        result = pool.execute(*args, request_id="late-1")
+        result = pool.execute(*args, request_id="late-1", resolve_args=fetch_waiting)  # as the task calls it
         assert result == {"echoed": {"data": data, "more": [other, b"tiny"]}}
         assert type(result["echoed"]["data"]) is bytes
         # Still references: the bytes fetched were the request's alone.
@@ -106,7 +106,7 @@ def test_a_payload_gone_before_the_call_fails_it_with_payload_expired(
     for _ in run_task(app.tasks["snakepit.execute"], "late-3", args, kwargs):
         client.delete(*payload_keys(client))  # as its TTL would
         with pytest.raises(PayloadExpired, match="is gone from the snakepit Redis"):
-            pool.execute(*args, request_id="late-3")
+            pool.execute(*args, request_id="late-3", resolve_args=fetch_waiting)
         assert pool.stats()["requests"] == 0  # the bridge never saw it
 
 

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from testprocs import missing_service
 
-from snakepit_celery import pool_batch
 from snakepit_celery.batch.items import Batch
 from snakepit_celery.batch.runner import BatchCall, PoolRunner
+from snakepit_celery.engine import pool_batch
+from snakepit_celery.engine.pool_batch import ItemResult
 from snakepit_celery.errors import (
     BridgeCrashed,
     CommandError,
@@ -22,7 +23,6 @@ from snakepit_celery.errors import (
     InvalidArguments,
     UnknownCommand,
 )
-from snakepit_celery.pool_batch import ItemResult
 from tests.handlers import REPO_ROOT, PoolFactory, Recorder
 
 KiB = 1024

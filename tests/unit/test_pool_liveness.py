@@ -21,10 +21,10 @@ import grpc
 import pytest
 from snakepit_bridge._proto import bridge_pb2
 
-from snakepit_celery.adapters import resolve_adapter
-from snakepit_celery.bridge import Bridge, spawn_process
+from snakepit_celery.engine.adapters import resolve_adapter
+from snakepit_celery.engine.bridge import Bridge, spawn_process
+from snakepit_celery.engine.rpc import encode_payload, never_sent
 from snakepit_celery.errors import BridgeCrashed
-from snakepit_celery.rpc import encode_payload, never_sent
 from tests.handlers import PoolFactory, Recorder, pid_alive, pool_config, wait_until
 
 START_METHODS = ["spawn", "preload"]

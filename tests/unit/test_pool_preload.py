@@ -80,8 +80,8 @@ def test_a_handler_that_cannot_load_is_a_clear_start_error(make_pool: PoolFactor
 
 
 def test_preload_needs_an_adapter_that_supports_it() -> None:
-    from snakepit_celery.adapters import resolve_adapter
-    from snakepit_celery.pool import BridgePool
+    from snakepit_celery.engine.adapters import resolve_adapter
+    from snakepit_celery.engine.pool import BridgePool
 
     assert resolve_adapter("python").supports_preload
     with pytest.raises(ConfigurationError) as typo:

@@ -1,4 +1,4 @@
-"""The Execute messages written and read by hand for big blobs (``snakepit_celery.rpc``)."""
+"""The Execute messages written and read by hand for big blobs (``snakepit_celery.engine.rpc``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from snakepit_bridge import wire
 from snakepit_bridge._proto import bridge_pb2
 
+from snakepit_celery.engine.rpc import RAW_BYTES, decode_execute_reply, execute_request
 from snakepit_celery.errors import CommandError
-from snakepit_celery.rpc import RAW_BYTES, decode_execute_reply, execute_request
 
 
 @pytest.mark.parametrize("size", [10, RAW_BYTES, 3 * RAW_BYTES + 7], ids=["small", "at-threshold", "big"])

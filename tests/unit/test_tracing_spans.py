@@ -1,4 +1,4 @@
-"""The pool's spans (``snakepit_celery.tracing``) on the real SDK, and the untraced path.
+"""The pool's spans (``snakepit_celery.observability.tracing``) on the real SDK, and the untraced path.
 
 The SDK here is a local provider handed to :class:`SpanTrace` (never the
 process's global one), with the SDK's in-memory exporter; the whole trace
@@ -15,7 +15,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from snakepit_celery.errors import QueueTimeout
-from snakepit_celery.tracing import CHUNK_EVENTS, SpanTrace
+from snakepit_celery.observability.tracing import CHUNK_EVENTS, SpanTrace
 
 
 def _tracer() -> tuple[InMemorySpanExporter, object]:
@@ -60,8 +60,8 @@ def test_a_call_refused_before_it_had_a_bridge_marks_its_checkout_span() -> None
 def test_without_an_sdk_every_call_gets_the_shared_no_op_trace() -> None:
     # A fresh interpreter: this one may have an SDK installed by another test.
     code = (
-        "from snakepit_celery import tracing\n"
-        "from snakepit_celery.telemetry import NO_TRACE\n"
+        "from snakepit_celery.observability import tracing\n"
+        "from snakepit_celery.engine.telemetry import NO_TRACE\n"
         "t = tracing.trace_call(pool='p', command='c', kind='execute', session_id=None, request_id=None)\n"
         "assert t is NO_TRACE and t.metadata is None, t\n"
         "assert tracing.capture() is None\n"

@@ -15,7 +15,7 @@ The tasks reach the pools through :func:`current_host`.
 
 Celery's ``revoke`` is extended (the same command, name and arguments): after
 Celery's own handling, a unary call with that task id that is waiting for a
-bridge or running on one is cancelled (:mod:`snakepit_celery.cancels`), so
+bridge or running on one is cancelled (:mod:`snakepit_celery.engine.cancels`), so
 ``AsyncResult.revoke()``, ``celery control revoke``, Flower and a cancelled
 ``aexecute`` stop it in the bridge instead of letting it run to its end.
 """
@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -34,19 +35,19 @@ from celery.utils.log import get_logger
 from celery.worker.control import control_command, inspect_command
 from celery.worker.control import revoke as _celery_revoke  # Celery's own handler, run first
 
-from snakepit_celery import grpcenv
-from snakepit_celery.api import config_for
-from snakepit_celery.cancels import cancel_call
+from snakepit_celery.appconfig import config_for
 from snakepit_celery.config import SnakepitConfig
+from snakepit_celery.engine import grpcenv
+from snakepit_celery.engine.cancels import cancel_call
 from snakepit_celery.errors import ConfigurationError, SnakepitError
 
 if TYPE_CHECKING:
-    from snakepit_celery.host import PoolHost
-    from snakepit_celery.monitoring import WorkerTelemetry
+    from snakepit_celery.engine.host import PoolHost
+    from snakepit_celery.observability.monitoring import WorkerTelemetry
 
 __all__ = ["SnakepitStep", "check_redis_credentials", "current_host"]
 
-logger = get_logger(__name__)
+logger = get_logger("snakepit_celery.worker")  # its name before the integration/ folder
 
 #: Task pools under which a task and the bootstep share one process.
 _SUPPORTED_POOLS = (thread.TaskPool, solo.TaskPool)
@@ -77,6 +78,23 @@ def _set_host(host: PoolHost | None) -> None:
         _host = host
 
 
+#: A session's stored data by its id (programs, metadata), sent to a bridge with InitSession.
+SessionLoader = Callable[[str], "dict[str, Any] | None"]
+#: Makes the pools' session loader for an app (the sessions feature's, handed over by
+#: ``install``: this layer sits below the features); None: the pools get none.
+_session_loaders: Callable[[Any], SessionLoader | None] | None = None
+
+
+def use_session_loaders(factory: Callable[[Any], SessionLoader | None]) -> None:
+    """Give the pools of every worker started from now on ``factory(app)`` as their session loader.
+
+    :func:`snakepit_celery.install` hands over the sessions' own
+    (:func:`~snakepit_celery.sessions.step.session_loader_for`).
+    """
+    global _session_loaders
+    _session_loaders = factory
+
+
 _PICKLE = ("pickle", "application/x-python-serialize")
 
 
@@ -104,7 +122,7 @@ REDIS_CHECK_TIMEOUT = 2.0
 
 def _redis_setting(app: Any, config: SnakepitConfig) -> tuple[str, str] | None:
     """The snakepit Redis URL and the name of the setting it came from, in
-    :func:`~snakepit_celery.api.resolve_redis_url`'s order; None: no Redis."""
+    :func:`~snakepit_celery.appconfig.resolve_redis_url`'s order; None: no Redis."""
     env = os.environ
     if config.redis_url:
         named = "SNAKEPIT_REDIS_URL" if env.get("SNAKEPIT_REDIS_URL") == config.redis_url else "redis_url"
@@ -169,6 +187,8 @@ class SnakepitStep(bootsteps.StartStopStep):  # type: ignore[misc]
     """Start the pools with the worker and consume their queues."""
 
     label = "snakepit"
+    #: Celery names a step by its module: kept as it was before the integration/ folder.
+    name = "snakepit_celery.worker.SnakepitStep"
     #: After the task pool exists, and (the consumer being last) before messages flow.
     requires = ("celery.worker.components:Pool",)
 
@@ -208,16 +228,15 @@ class SnakepitStep(bootsteps.StartStopStep):  # type: ignore[misc]
         return self
 
     def start(self, worker: Any) -> None:
-        from snakepit_celery.host import PoolHost  # gRPC is imported by workers only
-        from snakepit_celery.monitoring import WorkerTelemetry
-        from snakepit_celery.sessions.step import session_loader_for
+        from snakepit_celery.engine.host import PoolHost  # gRPC is imported by workers only
+        from snakepit_celery.observability.monitoring import WorkerTelemetry
 
         self.telemetry = WorkerTelemetry(self.config)  # signals, log lines, Prometheus if configured
         host = PoolHost(
             self.config,
             host_key=worker.hostname,
             telemetry=self.telemetry,
-            session_loader=session_loader_for(worker.app),
+            session_loader=_session_loaders(worker.app) if _session_loaders is not None else None,
         )
         try:
             host.start()

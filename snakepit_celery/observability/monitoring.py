@@ -11,19 +11,19 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from snakepit_celery import tracing
+from snakepit_celery.engine.telemetry import CallTrace, Telemetry
 from snakepit_celery.errors import ConfigurationError
-from snakepit_celery.signals import SignalTelemetry
-from snakepit_celery.telemetry import CallTrace, Telemetry
+from snakepit_celery.observability import tracing
+from snakepit_celery.observability.signals import SignalTelemetry
 
 if TYPE_CHECKING:
     from snakepit_celery.config import SnakepitConfig
-    from snakepit_celery.host import PoolHost
-    from snakepit_celery.metrics import MetricsServer
+    from snakepit_celery.engine.host import PoolHost
+    from snakepit_celery.observability.metrics import MetricsServer
 
 __all__ = ["WorkerTelemetry"]
 
-logger = logging.getLogger(__name__)
+logger = logging.getLogger("snakepit_celery.monitoring")  # its name before observability/
 
 
 class WorkerTelemetry(Telemetry):
@@ -48,7 +48,7 @@ class WorkerTelemetry(Telemetry):
                     "pip install 'snakepit-celery[metrics]' or unset metrics_port"
                 ) from None
 
-            from snakepit_celery.metrics import PoolStatsCollector, PrometheusTelemetry
+            from snakepit_celery.observability.metrics import PoolStatsCollector, PrometheusTelemetry
 
             self._registry = CollectorRegistry(auto_describe=False)
             self.sinks.append(PrometheusTelemetry(self._registry))
@@ -63,7 +63,7 @@ class WorkerTelemetry(Telemetry):
         self.host = host
         if self._registry is None or self.server is not None:
             return
-        from snakepit_celery.metrics import MetricsServer
+        from snakepit_celery.observability.metrics import MetricsServer
 
         assert self.config.metrics_port is not None
         server = MetricsServer(self._registry, port=self.config.metrics_port, addr=self.config.metrics_addr)

@@ -12,9 +12,9 @@ from __future__ import annotations
 import sys
 from typing import ClassVar
 
-from snakepit_celery import grpcenv
-from snakepit_celery.adapters.base import Adapter, LaunchSpec
 from snakepit_celery.config import PoolConfig
+from snakepit_celery.engine import grpcenv
+from snakepit_celery.engine.adapters.base import Adapter, LaunchSpec
 
 __all__ = ["PythonAdapter"]
 
@@ -35,7 +35,7 @@ class PythonAdapter(Adapter):
 
     def environment(self, pool: PoolConfig) -> dict[str, str]:
         """The worker's environment and the pool's ``env``, plus the gRPC tuning of
-        :mod:`snakepit_celery.grpcenv` unless either sets ``GRPC_EXPERIMENTS``."""
+        :mod:`snakepit_celery.engine.grpcenv` unless either sets ``GRPC_EXPERIMENTS``."""
         env = super().environment(pool)
         grpcenv.for_python_bridge(env)
         return env

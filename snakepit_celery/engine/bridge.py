@@ -20,10 +20,10 @@ import grpc
 from grpc_health.v1 import health_pb2
 from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
 
-from snakepit_celery.adapters.base import LaunchSpec
+from snakepit_celery.engine.adapters.base import LaunchSpec
+from snakepit_celery.engine.process import ProcessHandle, SpawnedProcess, describe_status
+from snakepit_celery.engine.rpc import channel_options
 from snakepit_celery.errors import BridgeStartError
-from snakepit_celery.process import ProcessHandle, SpawnedProcess, describe_status
-from snakepit_celery.rpc import channel_options
 
 __all__ = ["Bridge", "spawn_process"]
 

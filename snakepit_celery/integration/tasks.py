@@ -16,19 +16,21 @@ crashed, once, on a fresh bridge.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from typing import Any
 
-from celery import Task, shared_task
+from celery import Celery, Task, shared_task
 from kombu.exceptions import EncodeError
 
-from snakepit_celery.api import config_for
+from snakepit_celery.appconfig import config_for
+from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.errors import ExecutionError, SnakepitError, WorkerLost
-from snakepit_celery.known_pools import check_chain, check_pool
-from snakepit_celery.payloads import sending
+from snakepit_celery.integration.known_pools import check_pool
+from snakepit_celery.integration.worker import current_host
+from snakepit_celery.payloads import fetch_waiting, sending
 from snakepit_celery.recovery import begin_hook
-from snakepit_celery.worker import current_host
 
-__all__ = ["PoolTask", "execute"]
+__all__ = ["PoolTask", "check_chain", "execute"]
 
 #: Options that mean "the caller routed this message themselves".
 _ROUTING_OPTIONS = ("queue", "exchange", "routing_key")
@@ -42,7 +44,7 @@ class PoolTask(Task):  # type: ignore[misc]
     so routing here covers all of them. A queue, exchange or routing key the
     caller set explicitly is left alone. A pool that neither the caller's config
     nor a live worker knows is refused here with ``PoolNotFound``
-    (:mod:`snakepit_celery.known_pools`).
+    (:mod:`snakepit_celery.integration.known_pools`).
     """
 
     #: Errors of the command itself are expected outcomes: logged without a traceback.
@@ -131,5 +133,38 @@ def execute(
             request_id=self.request.id,
             idempotent=idempotent,
             on_begin=begin_hook(self, idempotent=idempotent),  # a worker's death: see recovery
+            resolve_args=fetch_waiting,  # big bytes fetched as the request is built: alive in it alone
         )
     )
+
+
+def check_chain(app: Celery, config: SnakepitConfig, steps: Iterable[Any] | None) -> None:
+    """Check the pools of a chain's later steps too, when its first step is sent.
+
+    A worker sends a chain's next step only once the step before has run: a typo
+    there would be found by the worker, far from the caller, and the chain's
+    result would never be ready. ``steps`` is the ``chain`` option Celery hands
+    to the first step's ``apply_async`` (signatures, possibly groups and chords).
+
+    Raises:
+        PoolNotFound: a step names a pool that neither ``config`` nor a live worker knows.
+    """
+    for pool in _named_pools(app, steps or ()):
+        check_pool(app, config, pool)
+
+
+def _named_pools(app: Celery, sigs: Iterable[Any]) -> Iterator[str]:
+    for sig in sigs:
+        if not isinstance(sig, dict):
+            continue
+        kwargs = sig.get("kwargs") or {}
+        if sig.get("subtask_type") in ("group", "chord", "chain"):
+            for key in ("tasks", "header", "body"):
+                inner = kwargs.get(key)
+                yield from _named_pools(app, inner if isinstance(inner, (list, tuple)) else [inner])
+            continue
+        options = sig.get("options") or {}
+        named = kwargs.get("pool") if isinstance(kwargs, dict) else None
+        routed = any(options.get(key) for key in ("queue", "exchange", "routing_key"))
+        if named and not routed and isinstance(app.tasks.get(sig.get("task")), PoolTask):
+            yield str(named)

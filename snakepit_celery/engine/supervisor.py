@@ -18,11 +18,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from snakepit_celery.process import ProcessHandle
+from snakepit_celery.engine.process import ProcessHandle
 
 __all__ = ["Supervisor"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("snakepit_celery.supervisor")  # its name before the engine/ folder
 
 
 class Supervisor:

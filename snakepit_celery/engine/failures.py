@@ -8,7 +8,7 @@ is killed because its connection failed, and the caller gets
 
 The one failure that proves a command did not run is a call that never left
 this process: gRPC found no connection to the bridge's socket and the
-process is gone (:func:`~snakepit_celery.rpc.never_sent`), or the channel
+process is gone (:func:`~snakepit_celery.engine.rpc.never_sent`), or the channel
 was already dropped because the supervisor had seen the exit. Such a call
 is run once more on another bridge (:func:`unsent`), idempotent or not.
 
@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from snakepit_celery.bridge_stream import settle_cancelled
+from snakepit_celery.engine.rpc import map_rpc_error, never_sent
 from snakepit_celery.errors import (
     BridgeCrashed,
     CommandCancelled,
@@ -31,12 +31,10 @@ from snakepit_celery.errors import (
     PoolClosed,
     SnakepitError,
 )
-from snakepit_celery.rpc import map_rpc_error, never_sent
 
 if TYPE_CHECKING:
-    from snakepit_celery.bridge import Bridge
-    from snakepit_celery.checkout import Slot
-    from snakepit_celery.pool import BridgePool
+    from snakepit_celery.engine.bridge import Bridge
+    from snakepit_celery.engine.loan import Loan
 
 __all__ = ["Attempts", "confirm_death", "crashed", "rpc_failed", "unsent"]
 
@@ -50,66 +48,65 @@ def confirm_death(bridge: Bridge) -> bool:
 
 
 def rpc_failed(
-    pool: BridgePool,
-    slot: Slot,
-    bridge: Bridge,
+    loan: Loan,
     exc: grpc.RpcError,
     command: str,
     hard: float,
     *,
     cancelled: bool = False,
 ) -> SnakepitError:
-    """Turn a failed call into the error to raise, giving the slot back (or replacing it)."""
-    mapped = map_rpc_error(exc, command=command, limit=pool.config.max_payload_bytes)
+    """Turn a failed call into the error to raise, ending the loan (given back, or its bridge replaced)."""
+    bridge = loan.bridge
+    mapped = map_rpc_error(exc, command=command, limit=loan.config.max_payload_bytes)
     if mapped is not None:
-        pool._release(slot, bridge, failed=True)
+        loan.release(failed=True)
         return mapped
     code = exc.code() if hasattr(exc, "code") else None
     if cancelled and code == grpc.StatusCode.CANCELLED:
-        settle_cancelled(pool, slot, bridge, command)
+        loan.settle(command)
         return CommandCancelled(f"{command!r} was cancelled by the caller")
     if code == grpc.StatusCode.DEADLINE_EXCEEDED and hard:
         bridge.exit_reason = f"killed: {command!r} ran past its hard timeout of {hard}s"
         bridge.kill()
-        pool._release(slot, bridge, failed=True, broken=bridge.exit_reason)
+        loan.release(failed=True, broken=bridge.exit_reason)
         return CommandTimeout(
             f"{command!r} ran past its hard timeout of {hard}s; bridge pid {bridge.pid} was killed "
             "and is being replaced"
         )
-    return crashed(pool, slot, bridge, exc, command, died=confirm_death(bridge))
+    return crashed(loan, exc, command, died=confirm_death(bridge))
 
 
-def crashed(
-    pool: BridgePool, slot: Slot, bridge: Bridge, exc: grpc.RpcError, command: str, *, died: bool
-) -> SnakepitError:
+def crashed(loan: Loan, exc: grpc.RpcError, command: str, *, died: bool) -> SnakepitError:
     """The call failed with its bridge: kill and replace it; ``BridgeCrashed`` for the caller."""
+    bridge, pool = loan.bridge, loan.pool_name
     code = exc.code() if hasattr(exc, "code") else None
     if not died:
         bridge.exit_reason = f"killed: its connection failed during {command!r}"
     bridge.kill()
-    pool._release(slot, bridge, failed=True, broken="crashed")
-    if pool._closed:
-        return PoolClosed(f"pool {pool.name!r} closed while {command!r} was running")
+    loan.release(failed=True, broken="crashed")
+    if loan.pool_closed:
+        return PoolClosed(f"pool {pool!r} closed while {command!r} was running")
     details = exc.details() if hasattr(exc, "details") else str(exc)
     return BridgeCrashed(
-        f"pool {pool.name!r}: bridge pid {bridge.pid} {'died' if died else 'stopped answering'} "
+        f"pool {pool!r}: bridge pid {bridge.pid} {'died' if died else 'stopped answering'} "
         f"during {command!r} ({code.name if code else 'error'}: {details}); it is being replaced"
     )
 
 
-def unsent(pool: BridgePool, slot: Slot, bridge: Bridge, command: str, *, last: bool) -> SnakepitError:
+def unsent(loan: Loan, command: str, *, last: bool) -> SnakepitError:
     """The bridge had died before ``command`` was sent to it: replace it.
 
     Unless this was the ``last`` try, the caller runs the call again and the
     error is not raised, so this try counts neither as a request nor as an
     error (the replacement is a restart like any other).
     """
+    bridge, pool = loan.bridge, loan.pool_name
     bridge.kill()
-    pool._release(slot, bridge, failed=last, broken="crashed", counted=last)
-    if pool._closed:
-        return PoolClosed(f"pool {pool.name!r} closed before {command!r} could run")
+    loan.release(failed=last, broken="crashed", counted=last)
+    if loan.pool_closed:
+        return PoolClosed(f"pool {pool!r} closed before {command!r} could run")
     return BridgeCrashed(
-        f"pool {pool.name!r}: bridge pid {bridge.pid} had died before {command!r} could be sent to it, "
+        f"pool {pool!r}: bridge pid {bridge.pid} had died before {command!r} could be sent to it, "
         "and so had the one of its first try; it is being replaced"
     )
 
@@ -132,36 +129,35 @@ class Attempts:
 
     def failed(
         self,
-        pool: BridgePool,
-        slot: Slot,
-        bridge: Bridge,
+        loan: Loan,
         exc: grpc.RpcError | ValueError,
         command: str,
         hard: float,
     ) -> SnakepitError | None:
         """Settle a try that failed with ``exc``: None to run the call again, else its error.
 
-        The slot is given back, or its bridge killed and replaced, either way.
+        The loan ends: given back, or its bridge killed and replaced.
 
         Raises:
             ValueError: ``exc`` itself, when it is not about the bridge (its
                 channel is open): the caller's mistake, raised as it is.
         """
+        bridge = loan.bridge
         was_unsent = False
         if isinstance(exc, grpc.RpcError):
             if not never_sent(exc):
-                error = rpc_failed(pool, slot, bridge, exc, command, hard)
+                error = rpc_failed(loan, exc, command, hard)
             elif was_unsent := confirm_death(bridge):
-                error = unsent(pool, slot, bridge, command, last=not self.rerun)
+                error = unsent(loan, command, last=not self.rerun)
             else:
-                error = crashed(pool, slot, bridge, exc, command, died=False)
+                error = crashed(loan, exc, command, died=False)
         elif bridge.channel_closed:
             # NOTE: the supervisor drops the channel once it saw the exit, and gRPC
             # refuses a call on a closed channel before sending anything.
             was_unsent = True
-            error = unsent(pool, slot, bridge, command, last=not self.rerun)
+            error = unsent(loan, command, last=not self.rerun)
         else:
-            pool._release(slot, bridge, failed=True)
+            loan.release(failed=True)
             raise exc
         if was_unsent and self.rerun:
             self.rerun = False

@@ -10,7 +10,7 @@ the replacement instead of failing.
 
 A call runs twice only when that is safe: once more on a fresh bridge if
 the caller said it is idempotent, or if it provably never reached its
-bridge (see :mod:`snakepit_celery.failures`). A call that may have
+bridge (see :mod:`snakepit_celery.engine.failures`). A call that may have
 started on a bridge that died fails with ``BridgeCrashed``.
 
 Example::
@@ -31,39 +31,28 @@ from typing import Any
 import grpc
 from snakepit_bridge._proto import bridge_pb2
 
-from snakepit_celery.bridge import Bridge
-from snakepit_celery.bridge_stream import BridgeStream, settle_cancelled
-from snakepit_celery.cancels import Ticket, cancels
-from snakepit_celery.checkout import Slot
 from snakepit_celery.config import PoolConfig
+from snakepit_celery.engine.bridge import Bridge
+from snakepit_celery.engine.bridge_stream import BridgeStream
+from snakepit_celery.engine.cancels import Ticket, cancels
+from snakepit_celery.engine.checkout import Slot
+from snakepit_celery.engine.failures import Attempts, rpc_failed
+from snakepit_celery.engine.lifecycle import PoolLifecycle
+from snakepit_celery.engine.loan import Loan, outcome_of
+from snakepit_celery.engine.pool_batch import run_batch
+from snakepit_celery.engine.rpc import decode_execute_reply, encode_payload, execute_request
+from snakepit_celery.engine.telemetry import Telemetry
 from snakepit_celery.errors import (
-    BridgeCrashed,
     BridgeStartError,
     CommandCancelled,
-    CommandTimeout,
     InfrastructureError,
     PoolClosed,
-    PoolSaturated,
-    QueueTimeout,
     SnakepitError,
 )
-from snakepit_celery.failures import Attempts, rpc_failed
-from snakepit_celery.lifecycle import PoolLifecycle
-from snakepit_celery.payloads.codec import fetch_waiting
-from snakepit_celery.pool_batch import run_batch
-from snakepit_celery.rpc import decode_execute_reply, encode_payload, execute_request
-from snakepit_celery.telemetry import Telemetry
 
 __all__ = ["BridgePool"]
 
 _MIB = 1024 * 1024
-_OUTCOME = {
-    BridgeCrashed: "crashed",
-    CommandTimeout: "timeout",
-    QueueTimeout: "queue_timeout",
-    PoolSaturated: "saturated",
-    CommandCancelled: "cancelled",
-}
 
 
 class BridgePool(PoolLifecycle):
@@ -89,6 +78,17 @@ class BridgePool(PoolLifecycle):
         self._draining = False
 
     # -- borrowing -------------------------------------------------------------
+    # NOTE: the call paths reach _release, _init_session and _finished only through
+    # the Loan that lend() returns (engine/loan.py), which ends each loan once.
+
+    def lend(self, session_id: str | None, ticket: Ticket | None = None) -> Loan:
+        """A free bridge (or the session's, pinned to one on its first call) for one call.
+
+        Raises:
+            PoolSaturated, QueueTimeout, PoolClosed: none became free (see ``checkout``).
+            CommandCancelled: ``ticket`` was cancelled while it waited.
+        """
+        return Loan(self, self._checkout(session_id, ticket))
 
     def _checkout(self, session_id: str | None, ticket: Ticket | None = None) -> Slot:
         wanted = None
@@ -169,6 +169,7 @@ class BridgePool(PoolLifecycle):
         request_id: str | None = None,
         idempotent: bool = False,
         on_begin: Callable[[], Callable[[], None] | None] | None = None,
+        resolve_args: Callable[[Any], Any] | None = None,
     ) -> Any:
         """Run ``command`` on a free bridge (or the session's) and return its result.
 
@@ -179,13 +180,17 @@ class BridgePool(PoolLifecycle):
             session_id: pin the call to the session's bridge (InitSession first on a new one).
             request_id: the caller's id (a Celery task id), for the bridge's logs; with
                 it the call can be cancelled from another thread
-                (:func:`snakepit_celery.cancels.cancel_call`, the worker's ``revoke``).
+                (:func:`snakepit_celery.engine.cancels.cancel_call`, the worker's ``revoke``).
             idempotent: a call whose bridge crashed is run once more on a fresh bridge
                 (one that never reached its bridge is, in any case).
             on_begin: called once the call has a bridge, before the bridge sees it
                 (the task layer records there that the call began); what it raises
                 ends the call, the bridge given back unused. What it returns, if
                 not None, is called once when the call is over.
+            resolve_args: ``args`` as the bridge must see them, called as the request
+                is built (the task layer fetches a call's big bytes there, so that
+                they live in the request alone; see ``payloads.taskrun.fetch_waiting``).
+                What it raises ends the call before any bridge is borrowed.
 
         Raises:
             PoolSaturated, QueueTimeout, PoolClosed: no bridge was borrowed; never ran.
@@ -207,7 +212,7 @@ class BridgePool(PoolLifecycle):
             hard = self.config.hard_timeout(command, timeout)
             request = execute_request(
                 command,
-                fetch_waiting(args),  # a task's big bytes, fetched only now: they live in the request alone
+                args if resolve_args is None else resolve_args(args),
                 limit=self._payload_limit,
                 session_id=session_id or "",
                 timeout=hard,
@@ -215,23 +220,22 @@ class BridgePool(PoolLifecycle):
             )
             attempts = Attempts(idempotent=idempotent)
             while True:
-                slot = self._checkout(session_id, ticket)
-                bridge: Bridge = slot.bridge  # type: ignore[assignment]
+                loan = self.lend(session_id, ticket)
+                bridge = loan.bridge
                 trace.checked_out(bridge.pid)
                 if ticket is not None and ticket.cancelled:  # between the hand-off and here
-                    self._release(slot, bridge, counted=False)
+                    loan.release(counted=False)
                     raise CommandCancelled(f"{command!r} was cancelled before it started")
                 if on_begin is not None:
                     begin, on_begin = on_begin, None  # a retry on another bridge is the same call
                     try:
                         after = begin()
                     except BaseException:
-                        self._release(slot, bridge, counted=False)
+                        loan.release(counted=False)
                         refused = True  # never reached a bridge: not one of this pool's requests
                         raise
                 try:
-                    if session_id is not None and session_id not in bridge.sessions:
-                        self._init_session(bridge, session_id, hard or None)
+                    loan.ensure_session(session_id, hard or None)
                     wait = hard or None
                     if ticket is None:
                         reply = bridge.execute_raw(request, timeout=wait, metadata=trace.metadata)
@@ -243,19 +247,19 @@ class BridgePool(PoolLifecycle):
                 except (grpc.RpcError, ValueError) as exc:
                     if ticket is not None and ticket.interrupted:
                         bridge.open_unary_channel()
-                        settle_cancelled(self, slot, bridge, command)  # given back once the bridge stopped it
+                        loan.settle(command)  # given back once the bridge stopped it
                         raise CommandCancelled(f"{command!r} was cancelled while it ran") from None
-                    error = attempts.failed(self, slot, bridge, exc, command, hard)
+                    error = attempts.failed(loan, exc, command, hard)
                 except CommandCancelled:  # before the call was made: the bridge never saw it
-                    self._release(slot, bridge, counted=False)
+                    loan.release(counted=False)
                     raise
                 except BaseException:
-                    self._release(slot, bridge, failed=True)
+                    loan.release(failed=True)
                     raise
                 else:
                     if ticket is not None and ticket.interrupted:  # a cancel as the reply came
                         bridge.open_unary_channel()
-                    self._release(slot, bridge)
+                    loan.release()
                     del request  # the reply's blobs are copied out next: one copy fewer alive
                     result = decode_execute_reply(reply)
                     outcome = "ok"
@@ -265,7 +269,7 @@ class BridgePool(PoolLifecycle):
         except BaseException as exc:
             error = exc
             if isinstance(exc, SnakepitError):
-                outcome = _OUTCOME.get(type(exc), "error")
+                outcome = outcome_of(exc)
             raise
         finally:
             if ticket is not None:
@@ -306,14 +310,14 @@ class BridgePool(PoolLifecycle):
             pool=self.name, command=command, kind="stream", session_id=session_id, request_id=request_id
         )
         try:
-            slot = self._checkout(session_id)
+            loan = self.lend(session_id)
         except BaseException as exc:
-            outcome = _OUTCOME.get(type(exc), "error") if isinstance(exc, SnakepitError) else "error"
+            outcome = outcome_of(exc) if isinstance(exc, SnakepitError) else "error"
             trace.end(outcome, exc)
             if isinstance(exc, SnakepitError):
                 self._finished(command, started, outcome, session_id, request_id)
             raise
-        return BridgeStream(self, slot, request, hard=hard, started=started, trace=trace)
+        return BridgeStream(loan, request, hard=hard, started=started, trace=trace)
 
     # -- sessions --------------------------------------------------------------
 
@@ -322,22 +326,22 @@ class BridgePool(PoolLifecycle):
         with self._lock:
             if session_id not in self._sessions:
                 return False
-        slot = self._checkout(session_id)
-        bridge: Bridge = slot.bridge  # type: ignore[assignment]
+        loan = self.lend(session_id)
+        bridge = loan.bridge
         try:
             if session_id in bridge.sessions:
                 bridge.end_session(session_id, self.config.startup_timeout)
         except grpc.RpcError as exc:
-            raise rpc_failed(self, slot, bridge, exc, "EndSession", 0.0) from None
+            raise rpc_failed(loan, exc, "EndSession", 0.0) from None
         except BaseException:
-            self._release(slot, bridge, failed=True)
+            loan.release(failed=True)
             raise
         else:
-            self._release(slot, bridge)
+            loan.release()
         finally:
             with self._lock:
                 self._sessions.pop(session_id, None)
-                slot.sessions.discard(session_id)
+                loan.slot.sessions.discard(session_id)
         return True
 
     def sessions(self) -> dict[str, int]:

@@ -17,13 +17,13 @@ import threading
 import time
 from typing import Any
 
-from snakepit_celery.adapters.base import LaunchSpec
+from snakepit_celery.engine.adapters.base import LaunchSpec
+from snakepit_celery.engine.process import ForkedProcess, SpawnedProcess, describe_status
 from snakepit_celery.errors import BridgeStartError
-from snakepit_celery.process import ForkedProcess, SpawnedProcess, describe_status
 
 __all__ = ["Zygote"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("snakepit_celery.preload")  # its name before the engine/ folder
 
 
 class _Pending:

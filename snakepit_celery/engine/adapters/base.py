@@ -44,7 +44,7 @@ class LaunchSpec:
 class Adapter:
     """Base of every adapter; subclass and fill in :meth:`command`.
 
-    Subclasses are found by alias in ``snakepit_celery.adapters.ADAPTERS`` or
+    Subclasses are found by alias in ``snakepit_celery.engine.adapters.ADAPTERS`` or
     by ``module:Class`` in ``PoolConfig.adapter``.
     """
 

@@ -13,14 +13,14 @@ import shutil
 from pathlib import Path
 from typing import ClassVar
 
-from snakepit_celery.adapters.base import Adapter
 from snakepit_celery.config import PoolConfig
+from snakepit_celery.engine.adapters.base import Adapter
 from snakepit_celery.errors import ConfigurationError
 
 __all__ = ["RUBY_BRIDGE_DIR", "RubyAdapter"]
 
 #: The Ruby bridge in this source tree.
-RUBY_BRIDGE_DIR = Path(__file__).resolve().parents[2] / "bridges" / "ruby"
+RUBY_BRIDGE_DIR = Path(__file__).resolve().parents[3] / "bridges" / "ruby"
 
 
 class RubyAdapter(Adapter):

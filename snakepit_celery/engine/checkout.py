@@ -41,8 +41,8 @@ from snakepit_celery.errors import (
 )
 
 if TYPE_CHECKING:
-    from snakepit_celery.bridge import Bridge
-    from snakepit_celery.cancels import Ticket
+    from snakepit_celery.engine.bridge import Bridge
+    from snakepit_celery.engine.cancels import Ticket
 
 __all__ = ["Slot", "SlotQueue"]
 
@@ -121,7 +121,7 @@ class SlotQueue:
     def acquire(self, wanted: Slot | None = None, ticket: Ticket | None = None) -> tuple[Slot, float]:
         """Borrow a slot (``wanted``, or any); returns it and the seconds waited.
 
-        A ``ticket``'s cancel withdraws the caller from the queue (see :mod:`snakepit_celery.cancels`).
+        A ``ticket``'s cancel withdraws the caller from the queue (see :mod:`snakepit_celery.engine.cancels`).
 
         Raises:
             CommandCancelled: the ticket was cancelled while the caller waited.

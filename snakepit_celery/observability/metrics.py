@@ -9,7 +9,7 @@ series (no process or GC collectors of the Python client).
 Two kinds of series:
 
 * events, counted as they happen by :class:`PrometheusTelemetry` (a
-  :class:`~snakepit_celery.telemetry.Telemetry`): ``snakepit_request_duration_seconds``
+  :class:`~snakepit_celery.engine.telemetry.Telemetry`): ``snakepit_request_duration_seconds``
   (histogram by pool and command), ``snakepit_requests_total`` (by pool,
   command, outcome), ``snakepit_queue_wait_seconds``, ``snakepit_bridge_startup_seconds``,
   ``snakepit_bridge_exits_total``, ``snakepit_stream_chunks_total``;
@@ -31,13 +31,13 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from snakepit_celery.stats import failed_calls
-from snakepit_celery.telemetry import Telemetry
+from snakepit_celery.engine.telemetry import Telemetry
+from snakepit_celery.observability.stats import failed_calls
 
 if TYPE_CHECKING:
     from wsgiref.simple_server import WSGIServer
 
-    from snakepit_celery.host import PoolHost
+    from snakepit_celery.engine.host import PoolHost
 
 __all__ = ["MAX_COMMAND_LABELS", "MetricsServer", "PoolStatsCollector", "PrometheusTelemetry"]
 

@@ -2,7 +2,7 @@
 
 Celery's ``revoke`` only flags an id (``celery.worker.state.revoked``): a
 message not yet started is dropped, one already running goes on. The
-worker's ``revoke`` control command (:mod:`snakepit_celery.worker`) therefore
+worker's ``revoke`` control command (:mod:`snakepit_celery.integration.worker`) therefore
 also calls :func:`cancel_call`, and a call of :meth:`BridgePool.execute` that
 carries a request id holds a :class:`Ticket` here while it runs, which says
 where the call is:
@@ -15,7 +15,7 @@ where the call is:
   the Node.js SDK aborts ``ctx.signal``), and the pool keeps the bridge
   borrowed until the bridge reports the command ended, or kills and replaces
   it after ``cancel_grace``, as for a closed stream
-  (:func:`~snakepit_celery.bridge_stream.settle_cancelled`).
+  (:meth:`~snakepit_celery.engine.loan.Loan.settle`).
 
 A cancel that comes before its call holds a ticket (the revoke raced the
 task's start) is remembered, for the last :data:`REMEMBERED` ids, and the call

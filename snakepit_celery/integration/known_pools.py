@@ -2,7 +2,7 @@
 
 A message for a pool nobody hosts goes to a queue no worker reads, and its
 caller waits for its whole timeout. So sending checks the pool first
-(:func:`check_pool`, called by :meth:`snakepit_celery.tasks.PoolTask.apply_async`,
+(:func:`check_pool`, called by :meth:`snakepit_celery.integration.tasks.PoolTask.apply_async`,
 which every way of sending goes through) and a typo fails at once with
 :class:`~snakepit_celery.errors.PoolNotFound`, naming the pool, the pools there
 are, and the closest one ("did you mean 'python'?").
@@ -15,7 +15,8 @@ Where the pools come from, cheapest first:
   :mod:`snakepit_celery.streaming.pending`);
 * the live workers' registry the session machinery keeps in the snakepit Redis
   (``<prefix>:workers`` and ``<prefix>:worker:<w>``, see
-  :mod:`snakepit_celery.sessions.lease`): a pool only a worker's config has (a
+  :mod:`snakepit_celery.sessions.lease`; its read, :data:`LIVE_POOLS`, is here
+  so that sending needs nothing of the sessions): a pool only a worker's config has (a
   caller whose config lacks the ``gpu`` pool, a worker that hosts it) is
   accepted while that worker's lease is live. One Lua call answers for every
   pool; the answer is kept :data:`HIT_TTL` seconds for pools found in it and
@@ -30,17 +31,16 @@ from __future__ import annotations
 import difflib
 import threading
 import time
-from collections.abc import Iterable, Iterator
 from typing import Any
 
 import redis
 from celery import Celery
 
-from snakepit_celery.api import resolve_redis_url
+from snakepit_celery.appconfig import resolve_redis_url
 from snakepit_celery.config import SnakepitConfig
 from snakepit_celery.errors import ConfigurationError, PoolNotFound
 
-__all__ = ["HIT_TTL", "MISS_TTL", "check_chain", "check_pool", "live_pools", "unknown_pool"]
+__all__ = ["HIT_TTL", "LIVE_POOLS", "MISS_TTL", "check_pool", "hosted_pools", "live_pools", "unknown_pool"]
 
 #: Seconds the live workers' pools are trusted for a pool found among them.
 HIT_TTL = 5.0
@@ -86,45 +86,11 @@ def check_pool(app: Celery, config: SnakepitConfig, pool: str) -> None:
         raise unknown_pool(pool, configured, hosted)
 
 
-def check_chain(app: Celery, config: SnakepitConfig, steps: Iterable[Any] | None) -> None:
-    """Check the pools of a chain's later steps too, when its first step is sent.
-
-    A worker sends a chain's next step only once the step before has run: a typo
-    there would be found by the worker, far from the caller, and the chain's
-    result would never be ready. ``steps`` is the ``chain`` option Celery hands
-    to the first step's ``apply_async`` (signatures, possibly groups and chords).
-
-    Raises:
-        PoolNotFound: a step names a pool that neither ``config`` nor a live worker knows.
-    """
-    for pool in _named_pools(app, steps or ()):
-        check_pool(app, config, pool)
-
-
-def _named_pools(app: Celery, sigs: Iterable[Any]) -> Iterator[str]:
-    from snakepit_celery.tasks import PoolTask  # NOTE: tasks imports this module
-
-    for sig in sigs:
-        if not isinstance(sig, dict):
-            continue
-        kwargs = sig.get("kwargs") or {}
-        if sig.get("subtask_type") in ("group", "chord", "chain"):
-            for key in ("tasks", "header", "body"):
-                inner = kwargs.get(key)
-                yield from _named_pools(app, inner if isinstance(inner, (list, tuple)) else [inner])
-            continue
-        options = sig.get("options") or {}
-        named = kwargs.get("pool") if isinstance(kwargs, dict) else None
-        routed = any(options.get(key) for key in ("queue", "exchange", "routing_key"))
-        if named and not routed and isinstance(app.tasks.get(sig.get("task")), PoolTask):
-            yield str(named)
-
-
 def live_pools(url: str, prefix: str, *, want: str | None = None) -> dict[str, list[str]]:
     """The pools the live workers of ``prefix`` host: pool -> worker ids (a short-lived cache).
 
     Args:
-        url: the snakepit Redis (:func:`~snakepit_celery.api.resolve_redis_url`).
+        url: the snakepit Redis (:func:`~snakepit_celery.appconfig.resolve_redis_url`).
         prefix: the queue prefix.
         want: the pool the caller looks for: a kept answer that lacks it is
             reused for :data:`MISS_TTL` s only, one that has it for :data:`HIT_TTL` s.
@@ -138,9 +104,7 @@ def live_pools(url: str, prefix: str, *, want: str | None = None) -> dict[str, l
         age = now - kept[0]
         if age < (HIT_TTL if want is None or want in kept[1] else MISS_TTL):
             return kept[1]
-    from snakepit_celery.sessions.lease import LeaseTable  # NOTE: sessions imports tasks, which imports us
-
-    hosted = LeaseTable(_client(url), prefix).live_pools()
+    hosted = hosted_pools(_client(url).register_script(LIVE_POOLS)(args=[prefix]))
     _cache[(url, prefix)] = (time.monotonic(), hosted)
     return hosted
 
@@ -187,3 +151,31 @@ def _client(url: str) -> redis.Redis:
                 url, socket_timeout=LOOKUP_TIMEOUT, socket_connect_timeout=LOOKUP_TIMEOUT
             )
         return client
+
+
+# ARGV: prefix. Read-only: {worker, pools csv, ...} of every worker whose lease is live.
+LIVE_POOLS = """
+local P = ARGV[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local out = {}
+for _, w in ipairs(redis.call('ZRANGEBYSCORE', P .. ':workers', '(' .. now, '+inf')) do
+  out[#out + 1] = w
+  out[#out + 1] = redis.call('HGET', P .. ':worker:' .. w, 'pools') or ''
+end
+return out
+"""
+
+
+def hosted_pools(reply: list[Any]) -> dict[str, list[str]]:
+    """Pool -> worker ids, from the reply of :data:`LIVE_POOLS` (sync or asyncio client alike)."""
+    hosted: dict[str, list[str]] = {}
+    for worker, pools in zip(reply[::2], reply[1::2], strict=True):
+        for pool in _text(pools).split(","):
+            if pool:
+                hosted.setdefault(pool, []).append(_text(worker))
+    return hosted
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

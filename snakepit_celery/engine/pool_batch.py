@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import grpc
 from snakepit_bridge._proto import bridge_pb2
 
+from snakepit_celery.engine.failures import Attempts
+from snakepit_celery.engine.loan import Loan, outcome_of
+from snakepit_celery.engine.rpc import decode_payload, encode_payload, error_from_detail, map_rpc_error
 from snakepit_celery.errors import CommandError, SnakepitError
-from snakepit_celery.failures import Attempts
-from snakepit_celery.rpc import decode_payload, encode_payload, error_from_detail, map_rpc_error
 
 if TYPE_CHECKING:
-    from snakepit_celery.bridge import Bridge
-    from snakepit_celery.pool import BridgePool
+    from snakepit_celery.engine.bridge import Bridge
+    from snakepit_celery.engine.pool import BridgePool
 
 __all__ = ["ITEM_OVERHEAD", "ItemResult", "run_batch"]
 
@@ -174,15 +175,11 @@ class _BatchRun:
             if self.stop_on_error:
                 self.stopped = True
 
-    def account(self, bridge: Bridge) -> None:
+    def account(self, loan: Loan) -> None:
         """Count the items the borrowed bridge ran as its requests (and errors), in the pool's stats."""
         recorded, failed = self.recorded, self.failed
         self.recorded = self.failed = 0
-        bridge.requests += recorded
-        pool = self.pool
-        with pool._lock:
-            pool._requests += recorded
-            pool._errors += failed
+        loan.count(recorded, failed)
 
     # -- the whole call --------------------------------------------------------
 
@@ -195,23 +192,21 @@ class _BatchRun:
         pool = self.pool
         attempts = Attempts(idempotent=idempotent)
         while self.next < len(self.todo) and not self.stopped:
-            slot = pool._checkout(self.session_id)
-            bridge: Bridge = slot.bridge  # type: ignore[assignment]
-            self.trace.checked_out(bridge.pid)
+            loan = pool.lend(self.session_id)
+            self.trace.checked_out(loan.pid)
             try:
-                if self.session_id is not None and self.session_id not in bridge.sessions:
-                    pool._init_session(bridge, self.session_id, self.hard or None)
-                self.on_bridge(bridge)
+                loan.ensure_session(self.session_id, self.hard or None)
+                self.on_bridge(loan.bridge)
             except (grpc.RpcError, ValueError) as exc:
-                self.account(bridge)
-                error = attempts.failed(pool, slot, bridge, exc, self.command, self.last_timeout)
+                self.account(loan)
+                error = attempts.failed(loan, exc, self.command, self.last_timeout)
             except BaseException:
-                self.account(bridge)
-                pool._release(slot, bridge, failed=True)
+                self.account(loan)
+                loan.release(failed=True)
                 raise
             else:
-                self.account(bridge)
-                pool._release(slot, bridge, counted=False)
+                self.account(loan)
+                loan.release(counted=False)
                 return
             if error is None:
                 continue
@@ -310,10 +305,8 @@ def _trace_outcome(
     out: list[ItemResult | None], raised: SnakepitError | None
 ) -> tuple[str, BaseException | None]:
     """The batch's outcome for its trace: the call's error, else its first failed item's."""
-    from snakepit_celery.pool import _OUTCOME  # NOTE: pool imports this module
-
     failed = raised or next((r.value for r in out if r is not None and not r.ok), None)
-    return ("ok", None) if failed is None else (_OUTCOME.get(type(failed), "error"), failed)
+    return ("ok", None) if failed is None else (outcome_of(failed), failed)
 
 
 def _report(
@@ -331,11 +324,9 @@ def _report(
     When the call failed as a whole (``raised``), none of the ``sent`` items has one: each
     is reported with the call's outcome.
     """
-    from snakepit_celery.pool import _OUTCOME  # NOTE: pool imports this module
-
-    outcomes = ["ok" if r.ok else _OUTCOME.get(type(r.value), "error") for r in out if r is not None]
+    outcomes = ["ok" if r.ok else outcome_of(r.value) for r in out if r is not None]
     if raised is not None:
-        outcomes += [_OUTCOME.get(type(raised), "error")] * sent
+        outcomes += [outcome_of(raised)] * sent
     share = elapsed / max(1, len(outcomes))
     for outcome in outcomes:
         pool.telemetry.request_finished(

@@ -27,17 +27,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from snakepit_celery.adapters import resolve_adapter
-from snakepit_celery.adapters.base import max_message_bytes
-from snakepit_celery.bridge import Bridge, spawn_process
-from snakepit_celery.checkout import Slot, SlotQueue
 from snakepit_celery.config import PoolConfig
+from snakepit_celery.engine.adapters import resolve_adapter
+from snakepit_celery.engine.adapters.base import max_message_bytes
+from snakepit_celery.engine.bridge import Bridge, spawn_process
+from snakepit_celery.engine.checkout import Slot, SlotQueue
+from snakepit_celery.engine.preload import Zygote
+from snakepit_celery.engine.process import ProcessHandle, describe_status
+from snakepit_celery.engine.runrecord import forget_process, record_process
+from snakepit_celery.engine.supervisor import Supervisor
+from snakepit_celery.engine.telemetry import Telemetry
 from snakepit_celery.errors import BridgeStartError, ConfigurationError, PoolClosed, SnakepitError
-from snakepit_celery.preload import Zygote
-from snakepit_celery.process import ProcessHandle, describe_status
-from snakepit_celery.runrecord import forget_process, record_process
-from snakepit_celery.supervisor import Supervisor
-from snakepit_celery.telemetry import Telemetry
 
 __all__ = ["PoolLifecycle", "failure_reason"]
 

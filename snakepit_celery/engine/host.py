@@ -36,14 +36,14 @@ from typing import Any
 import psutil
 
 from snakepit_celery.config import SnakepitConfig
+from snakepit_celery.engine.pool import BridgePool
+from snakepit_celery.engine.runrecord import create_time, read_records
+from snakepit_celery.engine.telemetry import Telemetry
 from snakepit_celery.errors import ConfigurationError, PoolNotFound
-from snakepit_celery.pool import BridgePool
-from snakepit_celery.runrecord import create_time, read_records
-from snakepit_celery.telemetry import Telemetry
 
 __all__ = ["PoolHost", "host_directory", "sweep_host"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("snakepit_celery.host")  # its name before the engine/ folder
 
 _SUMMED = (
     *("size", "workers", "available", "busy", "requests", "queued", "errors"),

@@ -1,7 +1,7 @@
 """OpenTelemetry spans for pool calls: the wait for a bridge, the bridge call, its ``traceparent``.
 
 The pool knows no tracing library: it asks its telemetry for a
-:class:`~snakepit_celery.telemetry.CallTrace` per call, and the worker's
+:class:`~snakepit_celery.engine.telemetry.CallTrace` per call, and the worker's
 telemetry hands out a :class:`SpanTrace` from here. A call then shows, under
 the span that was current when it was made (the Celery task's ``run`` span of
 ``opentelemetry-instrumentation-celery``)::
@@ -35,7 +35,7 @@ from opentelemetry import trace
 from opentelemetry.propagate import inject
 from opentelemetry.trace import NoOpTracerProvider, ProxyTracerProvider, SpanKind, Status, StatusCode
 
-from snakepit_celery.telemetry import NO_TRACE, CallTrace
+from snakepit_celery.engine.telemetry import NO_TRACE, CallTrace
 
 __all__ = ["CHUNK_EVENTS", "SpanTrace", "attached", "capture", "enabled", "mark_error", "trace_call"]
 

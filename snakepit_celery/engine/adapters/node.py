@@ -12,14 +12,14 @@ import shutil
 from pathlib import Path
 from typing import ClassVar
 
-from snakepit_celery.adapters.base import Adapter
 from snakepit_celery.config import PoolConfig
+from snakepit_celery.engine.adapters.base import Adapter
 from snakepit_celery.errors import ConfigurationError
 
 __all__ = ["NODE_BRIDGE_DIR", "NodeAdapter"]
 
 #: The Node.js bridge package in this source tree.
-NODE_BRIDGE_DIR = Path(__file__).resolve().parents[2] / "bridges" / "node"
+NODE_BRIDGE_DIR = Path(__file__).resolve().parents[3] / "bridges" / "node"
 
 
 class NodeAdapter(Adapter):

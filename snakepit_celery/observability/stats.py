@@ -33,6 +33,8 @@ from typing import Any
 
 from celery import Celery
 
+from snakepit_celery.appconfig import app_or_current
+
 __all__ = ["DEFAULT_STATS_TIMEOUT", "EXTRA", "SUMMED", "failed_calls", "get_stats", "summarize"]
 
 #: Seconds to wait for the workers' answers.
@@ -149,8 +151,6 @@ def get_stats(
         stats = get_stats(app)
         stats["busy"], stats["errors"], stats["nodes"]["celery@web1"]["pools"]["python"]["bridge_pids"]
     """
-    from snakepit_celery.api import app_or_current  # api re-exports this module's get_stats
-
     app = app_or_current(app)
     replies = app.control.broadcast(
         STATS_COMMAND,

@@ -13,7 +13,7 @@ knowing any tracing library: it returns a :class:`CallTrace` for the call,
 told when the call got its bridge and when it ended, whose ``metadata`` goes
 with the gRPC call (a W3C ``traceparent``). The base hands out one shared
 no-op trace, so an untraced call costs a few method calls
-(:mod:`snakepit_celery.tracing` has the OpenTelemetry one).
+(:mod:`snakepit_celery.observability.tracing` has the OpenTelemetry one).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from typing import Any
 import grpc
 from snakepit_bridge import wire
 from snakepit_bridge._proto import bridge_pb2
+from snakepit_bridge.protowire import fields, payload_of, wrapped_payload
 
 from snakepit_celery.errors import (
     CommandCancelled,
@@ -100,17 +101,6 @@ def _encoded(value: Any, limit: int, what: str) -> tuple[bytes, list[bytes]]:
 #: and again on the way out, three copies of a 50 MiB image where one will do.
 RAW_BYTES = 256 * 1024
 _ARGS_TAG = b"\x12"  # ExecuteRequest.args: field 2, length-delimited
-_JSON_TAG = b"\x0a"  # Payload.json: field 1
-_BLOB_TAG = b"\x12"  # Payload.blobs: field 2
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
 
 
 def execute_request(
@@ -130,45 +120,7 @@ def execute_request(
     head = bridge_pb2.ExecuteRequest(
         command=command, session_id=session_id, timeout=timeout, request_id=request_id
     ).SerializeToString()
-    parts = [_JSON_TAG, _varint(len(data)), data]
-    for blob in blobs:
-        parts += (_BLOB_TAG, _varint(len(blob)), blob)
-    inner = sum(len(part) for part in parts)
-    return b"".join([head, _ARGS_TAG, _varint(inner), *parts])  # field order is free in protobuf
-
-
-def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        byte = view[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("a varint longer than 64 bits")
-
-
-def _fields(view: memoryview) -> list[tuple[int, memoryview]]:
-    """The length-delimited fields of a message (others skipped), as views of it."""
-    found, pos, end = [], 0, len(view)
-    while pos < end:
-        key, pos = _read_varint(view, pos)
-        number, kind = key >> 3, key & 7
-        if kind == 2:
-            size, pos = _read_varint(view, pos)
-            if pos + size > end:
-                raise ValueError("a field runs past the end of its message")
-            found.append((number, view[pos : pos + size]))
-            pos += size
-        elif kind == 0:
-            _, pos = _read_varint(view, pos)
-        elif kind in (1, 5):
-            pos += 8 if kind == 1 else 4
-        else:
-            raise ValueError(f"unexpected wire type {kind}")
-    return found
+    return b"".join([head, *wrapped_payload(_ARGS_TAG, data, blobs)])  # field order is free in protobuf
 
 
 def decode_execute_reply(raw: bytes) -> Any:
@@ -183,14 +135,13 @@ def decode_execute_reply(raw: bytes) -> Any:
         except Exception as exc:
             raise CommandError(f"the bridge sent a reply that cannot be parsed: {exc}", "WireError") from None
         return decode_payload(reply.result)
-    data, blobs = b"", []
+    data: bytes = b""
+    blobs: list[bytes] = []
     try:
-        results = [field for number, field in _fields(memoryview(raw)) if number == 1]
-        for number, field in _fields(results[-1]) if results else ():
-            if number == 1:
-                data = bytes(field)
-            elif number == 2:
-                blobs.append(bytes(field))
+        found = fields(memoryview(raw))
+        results = [value for number, _, _, value in found if number == 1 and value is not None]
+        if results:
+            data, blobs = payload_of(results[-1])
     except (ValueError, IndexError) as exc:
         raise CommandError(f"the bridge sent a reply that cannot be parsed: {exc}", "WireError") from None
     try:

@@ -19,16 +19,14 @@ from typing import Any
 import grpc
 
 from snakepit_bridge._proto import bridge_pb2, bridge_pb2_grpc
+from snakepit_bridge.protowire import fields, payload_of, wrapped_payload
 
 __all__ = ["RAW_BYTES", "BigRequest", "add_servicer", "execute_response", "parse_execute_request"]
 
 #: Messages at least this long are read, and results with blobs at least this large in all written, by hand.
 RAW_BYTES = 256 * 1024
 _ARGS = 2  # ExecuteRequest.args
-_JSON, _BLOB = 1, 2  # Payload.json, Payload.blobs
 _RESULT_TAG = b"\x0a"  # ExecuteResponse.result: field 1, length-delimited
-_JSON_TAG = b"\x0a"
-_BLOB_TAG = b"\x12"
 
 
 class BigRequest:
@@ -50,44 +48,6 @@ class BigRequest:
         return self.head, blobs
 
 
-def _read_varint(view: memoryview, pos: int) -> tuple[int, int]:
-    shift = value = 0
-    while True:
-        byte = view[pos]
-        pos += 1
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, pos
-        shift += 7
-        if shift > 63:
-            raise ValueError("a varint longer than 64 bits")
-
-
-def _fields(view: memoryview) -> list[tuple[int, int, int, memoryview | None]]:
-    """Each field of a message: (number, start, end, value), value the view of a length-delimited one."""
-    found, pos, end = [], 0, len(view)
-    while pos < end:
-        start = pos
-        key, pos = _read_varint(view, pos)
-        number, kind = key >> 3, key & 7
-        value = None
-        if kind == 2:
-            size, pos = _read_varint(view, pos)
-            if pos + size > end:
-                raise ValueError("a field runs past the end of its message")
-            value, pos = view[pos : pos + size], pos + size
-        elif kind == 0:
-            _, pos = _read_varint(view, pos)
-        elif kind in (1, 5):
-            pos += 8 if kind == 1 else 4
-        else:
-            raise ValueError(f"unexpected wire type {kind}")
-        if pos > end:
-            raise ValueError("a field runs past the end of its message")
-        found.append((number, start, pos, value))
-    return found
-
-
 def parse_execute_request(raw: bytes) -> bridge_pb2.ExecuteRequest | BigRequest:
     """The request deserializer of Execute: a big message's blobs read out with one copy each.
 
@@ -98,36 +58,21 @@ def parse_execute_request(raw: bytes) -> bridge_pb2.ExecuteRequest | BigRequest:
         return bridge_pb2.ExecuteRequest.FromString(raw)
     view = memoryview(raw)
     others, data, blobs = [], b"", []
-    for number, start, end, value in _fields(view):
+    for number, start, end, value in fields(view):
         if number != _ARGS or value is None:
             others.append(view[start:end])
             continue
-        for inner, _, _, field in _fields(value):  # a repeated message field merges, as protobuf does
-            if field is not None and inner == _JSON:
-                data = bytes(field)
-            elif field is not None and inner == _BLOB:
-                blobs.append(bytes(field))
+        json_part, more = payload_of(value)  # a repeated message field merges, as protobuf does
+        data = json_part or data
+        blobs += more
     head = bridge_pb2.ExecuteRequest.FromString(b"".join(others))
     head.args.json = data
     return BigRequest(head, blobs)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 def execute_response(data: bytes, blobs: list[bytes]) -> bytes:
     """The wire bytes of ``ExecuteResponse(result=Payload(json=data, blobs=blobs))``, blobs copied once."""
-    parts = [_JSON_TAG, _varint(len(data)), data]
-    for blob in blobs:
-        parts += (_BLOB_TAG, _varint(len(blob)), blob)
-    inner = sum(len(part) for part in parts)
-    return b"".join([_RESULT_TAG, _varint(inner), *parts])
+    return b"".join(wrapped_payload(_RESULT_TAG, data, blobs))
 
 
 def _serialize_response(response: bridge_pb2.ExecuteResponse | bytes) -> bytes:

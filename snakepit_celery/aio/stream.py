@@ -34,7 +34,7 @@ from snakepit_celery.aio.clients import async_client
 from snakepit_celery.appconfig import app_or_current, config_for, resolve_redis_url
 from snakepit_celery.errors import ConfigurationError, StreamError
 from snakepit_celery.integration.known_pools import LIVE_POOLS, hosted_pools
-from snakepit_celery.streaming.client import READ_COUNT, REDIS_GRACE, Stream
+from snakepit_celery.streaming.client import READ_COUNT, Stream
 from snakepit_celery.streaming.pending import (
     DEFAULT_START_TIMEOUT,
     NO_WORKER_GRACE,
@@ -138,27 +138,18 @@ class AsyncStream(Stream):
         try:
             await self._aread()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            now = time.monotonic()
-            self._redis_down_since = self._redis_down_since or now
-            if now - self._redis_down_since > REDIS_GRACE:
-                self._fail(f"stream {self.task_id}: its Redis was unreachable for {REDIS_GRACE:.0f}s: {exc}")
-            else:
-                await asyncio.sleep(min(0.2, self.block))
+            backoff = self._redis_failed(exc)
+            if backoff:
+                await asyncio.sleep(backoff)
         else:
             self._redis_down_since = None
 
     async def _aread(self) -> None:
-        now = time.monotonic()
-        block = self.block
-        if self._cancelled_by_me:
-            left = self._cancel_deadline - now
-            if left <= 0:
-                reason = f"cancelled; the worker wrote no final entry within {self.cancel_wait}s"
-                self._ready.append((1, self._fetched, Outcome("cancelled", self._fetched, reason=reason)))
-                return
-            block = min(block, left)
+        """The sync reader's ``_read``, its reads awaited."""
+        block_ms = self._block_ms()
+        if block_ms is None:
+            return
         streams: dict[Any, Any] = {self.keys.data: f"{self._fetched}-0"}
-        block_ms = max(1, int(block * 1000))
         if self.pace:
             async with self.aclient.pipeline(transaction=False) as pipe:
                 pipe.set(self.keys.ack, self._fetched, ex=ACK_TTL)
@@ -167,13 +158,9 @@ class AsyncStream(Stream):
         else:
             reply = await self.aclient.xread(streams, count=READ_COUNT, block=block_ms)
         if reply:
-            self._last_activity = time.monotonic()
-            self._relay_seen = True
-            for entry_id, fields in reply[0][1]:
-                if not self._take(entry_id, fields):
-                    return
-            return
-        await self._acheck_idle()
+            self._took(reply)
+        else:
+            await self._acheck_idle()
 
     async def _acheck_idle(self) -> None:
         """The sync reader's ``_check_idle``, its reads awaited."""
@@ -182,28 +169,9 @@ class AsyncStream(Stream):
             pipe.exists(self.keys.alive)
             pipe.xread({self.keys.data: f"{self._fetched}-0"}, count=1)
             alive, late = await pipe.execute()
-        if late:
+        if self._idle_settled(alive, late, verdict) or (not alive and await self._aunhosted()):
             return
-        if alive:
-            self._relay_seen = True
-        elif self._relay_seen:
-            self._fail(
-                f"stream {self.task_id}: the worker stopped relaying after {self._fetched} "
-                "chunks without a final chunk (worker died or lost Redis)"
-            )
-            return
-        elif verdict is not None:
-            self._end_unstarted(verdict)
-            return
-        elif await self._aunhosted():
-            return
-        elif self.start_timeout is not None and time.monotonic() - self._opened_at > self.start_timeout:
-            self._give_up()
-            return
-        idle = time.monotonic() - self._last_activity
-        if self.idle_timeout is not None and idle > self.idle_timeout:
-            state = "relaying" if self._relay_seen else "started (still queued?)"
-            self._fail(f"stream {self.task_id}: no chunk for {idle:.1f}s; not {state}")
+        self._idle_timed_out()
 
     async def _abackend_verdict(self) -> Outcome | StreamError | None:
         """The task's end per its Redis result backend, read on the loop (None: not ended, or no

@@ -102,27 +102,27 @@ class StreamReader:
         try:
             self._read()
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            now = time.monotonic()
-            self._redis_down_since = self._redis_down_since or now
-            if now - self._redis_down_since > REDIS_GRACE:
-                self._fail(f"stream {self.task_id}: its Redis was unreachable for {REDIS_GRACE:.0f}s: {exc}")
-            else:
-                time.sleep(min(0.2, self.block))  # back off before reconnecting
+            backoff = self._redis_failed(exc)
+            if backoff:
+                time.sleep(backoff)
         else:
             self._redis_down_since = None
 
-    def _read(self) -> None:
+    def _redis_failed(self, exc: Exception) -> float:
+        """A read failed on a lost connection: the seconds to back off before reconnecting,
+        or 0 once Redis has been gone for ``REDIS_GRACE`` s (the stream has then failed)."""
         now = time.monotonic()
-        block = self.block
-        if self._cancelled_by_me:
-            left = self._cancel_deadline - now
-            if left <= 0:
-                reason = f"cancelled; the worker wrote no final entry within {self.cancel_wait}s"
-                self._ready.append((FINAL, self._fetched, Outcome("cancelled", self._fetched, reason=reason)))
-                return
-            block = min(block, left)
+        self._redis_down_since = self._redis_down_since or now
+        if now - self._redis_down_since > REDIS_GRACE:
+            self._fail(f"stream {self.task_id}: its Redis was unreachable for {REDIS_GRACE:.0f}s: {exc}")
+            return 0.0
+        return min(0.2, self.block)
+
+    def _read(self) -> None:
+        block_ms = self._block_ms()
+        if block_ms is None:
+            return
         streams: dict[Any, Any] = {self.keys.data: f"{self._fetched}-0"}
-        block_ms = max(1, int(block * 1000))
         if self.pace:
             pipe = self.client.pipeline(transaction=False)
             pipe.set(self.keys.ack, self._fetched, ex=ACK_TTL)
@@ -131,13 +131,30 @@ class StreamReader:
         else:
             reply = self.client.xread(streams, count=READ_COUNT, block=block_ms)
         if reply:
-            self._last_activity = time.monotonic()
-            self._relay_seen = True
-            for entry_id, fields in reply[0][1]:
-                if not self._take(entry_id, fields):
-                    return
-            return
-        self._check_idle()
+            self._took(reply)
+        else:
+            self._check_idle()
+
+    def _block_ms(self) -> int | None:
+        """How long the next XREAD may block, in ms; None once a cancel's wait for the
+        worker's final entry has run out (the stream has then ended as cancelled)."""
+        block = self.block
+        if self._cancelled_by_me:
+            left = self._cancel_deadline - time.monotonic()
+            if left <= 0:
+                reason = f"cancelled; the worker wrote no final entry within {self.cancel_wait}s"
+                self._ready.append((FINAL, self._fetched, Outcome("cancelled", self._fetched, reason=reason)))
+                return None
+            block = min(block, left)
+        return max(1, int(block * 1000))
+
+    def _took(self, reply: Any) -> None:
+        """Queue what an XREAD returned (not empty)."""
+        self._last_activity = time.monotonic()
+        self._relay_seen = True
+        for entry_id, fields in reply[0][1]:
+            if not self._take(entry_id, fields):
+                return
 
     def _take(self, entry_id: bytes, fields: dict[bytes, bytes]) -> bool:
         """Queue one entry's chunks (or its outcome); False once nothing more may follow."""
@@ -192,22 +209,36 @@ class StreamReader:
         pipe.exists(self.keys.alive)
         pipe.xread({self.keys.data: f"{self._fetched}-0"}, count=1)
         alive, late = pipe.execute()
+        if self._idle_settled(alive, late, verdict) or (not alive and self._unhosted()):
+            return
+        self._idle_timed_out()
+
+    def _idle_settled(self, alive: Any, late: Any, verdict: Outcome | StreamError | None) -> bool:
+        """The idle check's first steps, on what the relay's keys and the backend said: True
+        when that decides it (an entry came late, the relay died, the task ended unstarted);
+        else the check goes on: to whether any live worker hosts the pool when the relay is
+        not alive, then to the timeouts."""
         if late:
-            return  # written between the two reads: the next fetch takes it
+            return True  # written between the two reads: the next fetch takes it
         if alive:
             self._relay_seen = True
-        elif self._relay_seen:
+            return False
+        if self._relay_seen:
             self._fail(
                 f"stream {self.task_id}: the worker stopped relaying after {self._fetched} "
                 "chunks without a final chunk (worker died or lost Redis)"
             )
-            return
-        elif verdict is not None:
+            return True
+        if verdict is not None:
             self._end_unstarted(verdict)
-            return
-        elif self._unhosted():
-            return
-        elif self.start_timeout is not None and time.monotonic() - self._opened_at > self.start_timeout:
+            return True
+        return False
+
+    def _idle_timed_out(self) -> None:
+        """The idle check's last steps: not started within ``start_timeout``, or no chunk for
+        ``idle_timeout``, ends the stream."""
+        waited = time.monotonic() - self._opened_at
+        if not self._relay_seen and self.start_timeout is not None and waited > self.start_timeout:
             self._give_up()
             return
         idle = time.monotonic() - self._last_activity

@@ -34,6 +34,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from redis.exceptions import NoScriptError
+
 __all__ = ["POOL_TASKS", "CallLedger"]
 
 log = logging.getLogger(__name__)
@@ -275,8 +277,9 @@ class CallLedger:
             if task_id in self._suspect:
                 return None
         connection = self._connection()
-        try:
-            connection.send_command("EVAL", _BEGIN, 0, *self._begin_args(task_id, tag, idempotent))
+        args = self._begin_args(task_id, tag, idempotent)
+        try:  # by its digest: the connection loaded the script when it connected
+            connection.send_command("EVALSHA", self._begin.sha, 0, *args, check_health=False)
         except Exception as exc:
             log.debug("snakepit: call ledger: begin not sent: %s", exc)
             connection.disconnect()
@@ -287,6 +290,10 @@ class CallLedger:
         def verdict() -> tuple[str, str]:
             try:
                 found, detail = (_text(v) for v in connection.read_response())
+            except NoScriptError:  # flushed since it connected: the record is written now, late
+                connection.disconnect()  # the next call connects again, and loads it again
+                log.warning("snakepit: call ledger: its script was flushed from Redis; loaded again")
+                return self.begin(task_id, tag, idempotent=idempotent)
             except BaseException:
                 connection.disconnect()  # the next call connects again
                 raise
@@ -308,10 +315,18 @@ class CallLedger:
         if connection is None:
             pool = self.redis.connection_pool
             connection = pool.connection_class(**pool.connection_kwargs)
+            connection.register_connect_callback(self._load_begin)  # a method: kept weakly
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)
         return connection
+
+    def _load_begin(self, connection: Any) -> None:
+        """Load the begin script on a thread's connection as it connects (again after a
+        Redis restart): each call's record then carries the script's digest, not its
+        text, and a script loaded so stays where Redis 7.4 may evict one EVAL sent."""
+        connection.send_command("SCRIPT", "LOAD", _BEGIN, check_health=False)
+        connection.read_response()
 
     def _begin_args(self, task_id: str, tag: str, idempotent: bool) -> list[Any]:
         return [

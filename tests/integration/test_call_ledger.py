@@ -149,6 +149,31 @@ def test_a_first_delivery_sends_its_record_before_the_call_and_reads_the_verdict
     assert client.ping() and a.begin("t1", "tag1", idempotent=False) == ("mine", "a")
 
 
+def test_a_first_delivery_sends_the_script_digest_and_survives_a_script_flush(
+    client: redis.Redis,
+) -> None:
+    a = ledger(client, "a")
+    a.lease_renewed(time.monotonic(), 60)
+    a.received("t1", f"{P}.pool.python", "tag1")
+    first = a.begin_behind("t1", "tag1", idempotent=False)
+    assert first is not None and first() == ("ok", "")
+    evals = client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0)
+    # An operator flushes the scripts: the next record fails as NOSCRIPT on the
+    # connection that had loaded it, and is written at once by the script's text.
+    client.script_flush()
+    a.received("t2", f"{P}.pool.python", "tag2")
+    second = a.begin_behind("t2", "tag2", idempotent=False)
+    assert second is not None and second() == ("ok", "")
+    assert client.hget(f"{P}:call:t2", "run") == b"a"
+    # The connection loads the script again as it reconnects; later records use the digest.
+    a.received("t3", f"{P}.pool.python", "tag3")
+    third = a.begin_behind("t3", "tag3", idempotent=False)
+    assert third is not None and third() == ("ok", "")
+    assert client.hget(f"{P}:call:t3", "run") == b"a"
+    assert client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0) == evals  # no text sent
+    a.stop()
+
+
 def test_a_lapsing_lease_or_a_declared_death_makes_the_call_wait_for_its_verdict(
     client: redis.Redis,
 ) -> None:

@@ -149,28 +149,34 @@ def test_a_first_delivery_sends_its_record_before_the_call_and_reads_the_verdict
     assert client.ping() and a.begin("t1", "tag1", idempotent=False) == ("mine", "a")
 
 
+def _calls(client: redis.Redis, command: str) -> int:
+    return int(client.info("commandstats").get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
 def test_a_first_delivery_sends_the_script_digest_and_survives_a_script_flush(
-    client: redis.Redis,
+    client: redis.Redis, caplog: pytest.LogCaptureFixture
 ) -> None:
     a = ledger(client, "a")
     a.lease_renewed(time.monotonic(), 60)
     a.received("t1", f"{P}.pool.python", "tag1")
     first = a.begin_behind("t1", "tag1", idempotent=False)
     assert first is not None and first() == ("ok", "")
-    evals = client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0)
+    evals, digests = _calls(client, "eval"), _calls(client, "evalsha")
     # An operator flushes the scripts: the next record fails as NOSCRIPT on the
-    # connection that had loaded it, and is written at once by the script's text.
+    # connection that had loaded it, and is written at once, synchronously.
     client.script_flush()
     a.received("t2", f"{P}.pool.python", "tag2")
     second = a.begin_behind("t2", "tag2", idempotent=False)
     assert second is not None and second() == ("ok", "")
     assert client.hget(f"{P}:call:t2", "run") == b"a"
+    assert "flushed" in caplog.text
     # The connection loads the script again as it reconnects; later records use the digest.
     a.received("t3", f"{P}.pool.python", "tag3")
     third = a.begin_behind("t3", "tag3", idempotent=False)
     assert third is not None and third() == ("ok", "")
     assert client.hget(f"{P}:call:t3", "run") == b"a"
-    assert client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0) == evals  # no text sent
+    assert _calls(client, "eval") == evals  # the script's text was never sent
+    assert _calls(client, "evalsha") > digests
     a.stop()
 
 
